@@ -1,0 +1,177 @@
+"""The ``bidsbridge`` command: ``convert`` (offline), ``serve`` (embedded Orthanc), ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import requests
+
+__all__ = ["main"]
+
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+
+
+def _add_server_options(parser: argparse.ArgumentParser, default_workdir: str) -> None:
+    parser.add_argument("--workdir", type=Path, default=Path(default_workdir),
+                        help=f"work directory (default: {default_workdir})")
+    parser.add_argument("--http-port", type=int, default=8042)
+    parser.add_argument("--dicom-port", type=int, default=4242)
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
+    parser.add_argument("--stable-age", type=int, default=3, help="Orthanc StableAge in seconds (default 3)")
+
+
+def _embedded(args: argparse.Namespace) -> Any:
+    from .embedded import EmbeddedOrthanc  # noqa: PLC0415 - keeps `convert` free of server imports
+
+    return EmbeddedOrthanc(
+        workdir=args.workdir, http_port=args.http_port, dicom_port=args.dicom_port,
+        stable_age=args.stable_age, workers=args.workers,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .embedded import OrthancSetupError  # noqa: PLC0415
+
+    server = _embedded(args)
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server.start(foreground_log=True)
+    except OrthancSetupError as exc:
+        print(f"bidsbridge serve: {exc}", file=sys.stderr)
+        return 1
+    print(f"Orthanc with bidsbridge: {server.url} (DICOM: AET {_aet()} on 127.0.0.1:{server.dicom_port})")
+    print(f"BIDS dataset: {server.bids_root}   job queue: {server.state_dir}")
+    print("Ctrl-C stops.", flush=True)
+    while not stop and server.process is not None and server.process.poll() is None:
+        time.sleep(0.2)
+    code = server.stop()
+    return 0 if code in (0, None) else 1
+
+
+def _aet() -> str:
+    from .embedded import ORTHANC_AET  # noqa: PLC0415
+
+    return ORTHANC_AET
+
+
+def _wait_for_jobs(url: str, series_count: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    jobs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        jobs = requests.get(f"{url}/bidsbridge/jobs", params={"limit": 1000}, timeout=10).json()
+        latest: dict[str, dict[str, Any]] = {}
+        for job in jobs:
+            latest.setdefault(job["series"], job)
+        if len(latest) >= series_count and all(
+            job["state"] in ("done", "skipped", "failed") for job in latest.values()
+        ):
+            return list(latest.values())
+        time.sleep(0.5)
+    return jobs
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pydicom import dcmread  # noqa: PLC0415
+
+    from .dicom_send import send_files  # noqa: PLC0415
+    from .embedded import ORTHANC_AET, OrthancSetupError, free_port  # noqa: PLC0415
+
+    data = args.data
+    files = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ""))
+    series = {str(dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in files}
+    for attr in ("http_port", "dicom_port"):
+        try:
+            import socket  # noqa: PLC0415
+
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", getattr(args, attr)))
+        except OSError:
+            setattr(args, attr, free_port())
+    server = _embedded(args)
+    print(f"Starting Orthanc with the bidsbridge plugin in {args.workdir.resolve()} ...", flush=True)
+    try:
+        server.start()
+    except OrthancSetupError as exc:
+        print(f"bidsbridge demo: {exc}", file=sys.stderr)
+        return 1
+    try:
+        started = time.monotonic()
+        report = send_files(files, "127.0.0.1", server.dicom_port, called_aet=ORTHANC_AET)
+        print(f"Sent {report.sent} DICOM files ({len(series)} series) over C-STORE in "
+              f"{time.monotonic() - started:.1f} s", flush=True)
+        for path, why in report.failed:
+            print(f"  not sent: {path}: {why}")
+        jobs = _wait_for_jobs(server.url, len(series), args.timeout)
+        counts: dict[str, int] = {}
+        for job in jobs:
+            counts[job["state"]] = counts.get(job["state"], 0) + 1
+        print(f"\nConversions finished in {time.monotonic() - started:.1f} s:")
+        for job in sorted(jobs, key=lambda j: (j.get("result") or {}).get("series_number") or 0):
+            result = job.get("result") or {}
+            label = f"{result.get('series_number', '?')} {result.get('series_description', job['series'])}"
+            detail = ", ".join(job["outputs"][:2]) if job["state"] == "done" else (job.get("error") or "")
+            print(f"  {job['state']:8} {label:35} {detail}")
+        print(f"\nSeries converted: {counts.get('done', 0)} of {len(series)}"
+              f" (skipped {counts.get('skipped', 0)}, failed {counts.get('failed', 0)})")
+        print(f"BIDS dataset:     {server.bids_root}")
+        print(f"Orthanc:          {server.url}   (jobs: {server.url}/bidsbridge/jobs)")
+        keep = args.keep if args.keep is not None else sys.stdin.isatty()
+        if keep:
+            print("Orthanc keeps running; Ctrl-C stops it.", flush=True)
+            try:
+                while server.process is not None and server.process.poll() is None:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
+        ok = counts.get("failed", 0) == 0 and sum(counts.values()) == len(series)
+        return 0 if ok else 1
+    finally:
+        server.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from converters.cli import register as register_convert  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="bidsbridge", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register_convert(commands)
+
+    serve = commands.add_parser("serve", help="run Orthanc with the plugin on loopback (embedded default)")
+    _add_server_options(serve, "bidsbridge-work")
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser("demo", help="serve, send the bundled sample session, print the result")
+    _add_server_options(demo, "demo-work")
+    demo.add_argument("--data", type=Path, default=DEMO_DATA, help="DICOM folder to send (default: bundled)")
+    demo.add_argument("--timeout", type=float, default=600.0)
+    demo.add_argument("--keep", action=argparse.BooleanOptionalAction, default=None,
+                      help="keep Orthanc running after the demo (default: when run from a terminal)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

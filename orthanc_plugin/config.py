@@ -1,0 +1,202 @@
+"""The ``BidsBridge`` section of Orthanc's configuration, read once into a typed object.
+
+Every key is validated at start-up; a bad value raises :class:`ConfigError` naming the key, and
+the plugin then refuses to start (Orthanc logs the message).  Only the standard library is used:
+this module runs inside Orthanc's embedded interpreter.
+
+Keys (all optional unless stated):
+
+===================  ========================================================================
+``Enabled``          ``true``. ``false`` loads the plugin but records and converts nothing.
+``BidsRoot``         **required**. Directory of the BIDS dataset the workers publish into.
+``StateDirectory``   **required**. Directory of the durable job queue (SQLite, WAL mode).
+``Workers``          number of worker processes; default = number of cores.
+``MaxAttempts``      attempts before a job is marked failed; default 3.
+``JobTimeout``       seconds a job may run before its worker is killed and the job retried;
+                     default 1800.
+``Python``           interpreter that runs the workers (the project's venv); default: the venv
+                     this package is installed in (or ``<repo>/.venv``), else ``python3``.
+``OrthancUrl``       URL the workers use for Orthanc's REST API; default
+                     ``http(s)://127.0.0.1:<HttpPort>``.
+``RestUsername``     user for the REST API when the plugin cannot mint a token (with
+``RestPasswordFile`` a file holding the password). By default the workers authenticate with
+                     ``orthanc.GenerateRestApiAuthorizationToken()``.
+``CatchUp``          ``"since-last-run"`` (default): at start, queue the series that became
+                     stable while the plugin was not running, from Orthanc's ``/changes`` log
+                     (on the very first start, nothing older is queued); ``"all"``: also on the
+                     first start, every stable series in the log; ``"none"``.
+``Subject`` /        fixed subject/session labels (default: from PatientID / StudyDate).
+``Session``
+===================  ========================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ConfigError", "PluginConfig", "parse_config"]
+
+SECTION = "BidsBridge"
+CatchUpMode = Literal["since-last-run", "all", "none"]
+_CATCH_UP_MODES: tuple[CatchUpMode, ...] = ("since-last-run", "all", "none")
+
+
+class ConfigError(ValueError):
+    """A ``BidsBridge`` configuration value is missing or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    enabled: bool
+    bids_root: Path
+    state_dir: Path
+    workers: int
+    max_attempts: int
+    job_timeout: float
+    python: Path
+    orthanc_url: str
+    rest_username: str | None
+    rest_password_file: Path | None
+    catch_up: CatchUpMode
+    subject: str | None
+    session: str | None
+
+
+_KNOWN_KEYS = {
+    "Enabled",
+    "BidsRoot",
+    "StateDirectory",
+    "Workers",
+    "MaxAttempts",
+    "JobTimeout",
+    "Python",
+    "OrthancUrl",
+    "RestUsername",
+    "RestPasswordFile",
+    "CatchUp",
+    "Subject",
+    "Session",
+}
+
+
+def _key(name: str) -> str:
+    return f"{SECTION}.{name}"
+
+
+def _bool(section: dict[str, Any], name: str, default: bool) -> bool:
+    value = section.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{_key(name)} must be true or false, not {value!r}")
+    return value
+
+
+def _int(section: dict[str, Any], name: str, default: int, minimum: int) -> int:
+    value = section.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{_key(name)} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _number(section: dict[str, Any], name: str, default: float, minimum: float) -> float:
+    value = section.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigError(f"{_key(name)} must be a number >= {minimum}, not {value!r}")
+    return float(value)
+
+
+def _optional_str(section: dict[str, Any], name: str) -> str | None:
+    value = section.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{_key(name)} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _directory(section: dict[str, Any], name: str) -> Path:
+    value = _optional_str(section, name)
+    if value is None:
+        raise ConfigError(f"{_key(name)} is required: the directory for the plugin's {name} data")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(f"{_key(name)} must be an absolute path, not {value!r}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{_key(name)}: cannot create directory {path}: {exc.strerror}") from exc
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{_key(name)}: directory {path} is not writable by the Orthanc user")
+    return path
+
+
+def default_python() -> Path:
+    """The interpreter of the venv this package lives in, else ``<repo>/.venv``, else python3."""
+    here = Path(__file__).resolve().parent
+    candidates = []
+    # Installed: <venv>/lib/python3.X/site-packages/orthanc_plugin/config.py
+    if here.parent.name == "site-packages":
+        candidates.append(here.parents[3] / "bin" / "python")
+    # Editable install / source checkout: <repo>/orthanc_plugin/config.py
+    candidates.append(here.parent / ".venv" / "bin" / "python")
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return Path("/usr/bin/python3")
+
+
+def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
+    """Validate Orthanc's whole configuration (as JSON) and return the plugin's settings."""
+    section = orthanc_config.get(SECTION)
+    if section is None:
+        raise ConfigError(f"the {SECTION} section is missing from Orthanc's configuration")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{SECTION} must be a JSON object")
+    unknown = sorted(set(section) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{_key(unknown[0])} is not a known setting (known: {', '.join(sorted(_KNOWN_KEYS))})"
+        )
+
+    python = Path(section["Python"]) if "Python" in section else default_python()
+    if "Python" in section and not (isinstance(section["Python"], str) and python.is_absolute()):
+        raise ConfigError(f"{_key('Python')} must be an absolute path to a python interpreter")
+    if not os.access(python, os.X_OK):
+        raise ConfigError(f"{_key('Python')}: {python} is not an executable interpreter")
+
+    orthanc_url = _optional_str(section, "OrthancUrl")
+    if orthanc_url is None:
+        port = orthanc_config.get("HttpPort", 8042)
+        scheme = "https" if orthanc_config.get("SslEnabled", False) else "http"
+        orthanc_url = f"{scheme}://127.0.0.1:{port}"
+    if not orthanc_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{_key('OrthancUrl')} must start with http:// or https://")
+
+    password_file = _optional_str(section, "RestPasswordFile")
+    username = _optional_str(section, "RestUsername")
+    if (username is None) != (password_file is None):
+        raise ConfigError(f"{_key('RestUsername')} and {_key('RestPasswordFile')} go together")
+    if password_file is not None and not Path(password_file).is_file():
+        raise ConfigError(f"{_key('RestPasswordFile')}: {password_file} is not a readable file")
+
+    catch_up = section.get("CatchUp", "since-last-run")
+    if catch_up not in _CATCH_UP_MODES:
+        raise ConfigError(f"{_key('CatchUp')} must be one of {', '.join(_CATCH_UP_MODES)}, not {catch_up!r}")
+
+    return PluginConfig(
+        enabled=_bool(section, "Enabled", True),
+        bids_root=_directory(section, "BidsRoot"),
+        state_dir=_directory(section, "StateDirectory"),
+        workers=_int(section, "Workers", os.cpu_count() or 1, 1),
+        max_attempts=_int(section, "MaxAttempts", 3, 1),
+        job_timeout=_number(section, "JobTimeout", 1800.0, 1.0),
+        python=python,
+        orthanc_url=orthanc_url.rstrip("/"),
+        rest_username=username,
+        rest_password_file=None if password_file is None else Path(password_file),
+        catch_up=catch_up,
+        subject=_optional_str(section, "Subject"),
+        session=_optional_str(section, "Session"),
+    )

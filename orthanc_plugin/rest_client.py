@@ -1,0 +1,77 @@
+"""A small client for the parts of Orthanc's REST API the workers use.
+
+Workers run outside Orthanc, so they talk to it over HTTP, authorised by the token the plugin
+minted (``Authorization`` header) or by configured credentials.  Credentials are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+
+__all__ = ["OrthancError", "OrthancRestClient", "SeriesNotFound"]
+
+logger = logging.getLogger(__name__)
+
+
+class OrthancError(RuntimeError):
+    """Orthanc answered with an error or could not be reached."""
+
+
+class SeriesNotFound(OrthancError):
+    """The series no longer exists in Orthanc (deleted since it was queued)."""
+
+
+class OrthancRestClient:
+    def __init__(self, url: str, *, authorization: str | None = None, username: str | None = None,
+                 password: str | None = None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        if authorization:
+            self._session.headers["Authorization"] = authorization
+        elif username is not None and password is not None:
+            self._session.auth = (username, password)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _get(self, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self._session.get(f"{self.url}{path}", timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise OrthancError(f"cannot reach Orthanc at {self.url}: {exc.__class__.__name__}") from exc
+        if response.status_code == 404:
+            raise SeriesNotFound(f"Orthanc has no resource {path}")
+        if response.status_code in (401, 403):
+            raise OrthancError(f"Orthanc refused {path} ({response.status_code}): check the plugin's REST credentials")
+        if response.status_code >= 400:
+            raise OrthancError(f"Orthanc answered {response.status_code} to GET {path}")
+        return response
+
+    def get_json(self, path: str) -> Any:
+        return self._get(path).json()
+
+    def series_instances(self, series_id: str) -> list[str]:
+        series = self.get_json(f"/series/{series_id}")
+        return sorted(series["Instances"])
+
+    def download_series(self, series_id: str, target: Path, *, threads: int = 4) -> list[Path]:
+        """Write every instance file of ``series_id`` into ``target``; return the paths."""
+        instances = self.series_instances(series_id)
+        target.mkdir(parents=True, exist_ok=True)
+
+        def fetch(instance: str) -> Path:
+            response = self._get(f"/instances/{instance}/file", stream=True)
+            path = target / f"{instance}.dcm"
+            with path.open("wb") as handle:
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    handle.write(chunk)
+            return path
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            return list(pool.map(fetch, instances))

@@ -1,0 +1,34 @@
+"""Settings handed from the plugin to its worker processes (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["AUTH_ENV", "WorkerSettings"]
+
+#: Environment variable carrying the REST ``Authorization`` value (kept out of argv and files).
+AUTH_ENV = "BIDSBRIDGE_ORTHANC_AUTHORIZATION"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    state_dir: str
+    bids_root: str
+    orthanc_url: str
+    max_attempts: int
+    subject: str | None = None
+    session: str | None = None
+    rest_username: str | None = None
+    rest_password_file: str | None = None
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> WorkerSettings:
+        return cls(**json.loads(path.read_text()))
