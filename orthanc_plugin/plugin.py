@@ -204,12 +204,20 @@ class BidsBridgePlugin:
 def _answer(output: Any, response: Response) -> None:
     if response.status == 405:
         output.SendMethodNotAllowed(response.allow or "GET")
-    elif response.status < 300:
+    elif response.status == 200:
         if response.content_type == "application/zip":
             output.SetHttpHeader("Content-Disposition", 'attachment; filename="nifti.zip"')
         output.AnswerBuffer(response.body, response.content_type)
     else:
-        output.SendHttpStatus(response.status, response.body)
+        _send_status(output, response.status, response.body)
+
+
+def _send_status(output: Any, status: int, body: bytes) -> None:
+    """orthanc-python 4.0 takes (status, str body, size); later releases may take bytes."""
+    try:
+        output.SendHttpStatus(status, body.decode("ascii", errors="replace"), len(body))
+    except TypeError:
+        output.SendHttpStatus(status, body)
 
 
 def install() -> BidsBridgePlugin | None:

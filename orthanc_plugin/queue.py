@@ -109,6 +109,7 @@ class Job:
             "error": self.error,
             "outputs": list(self.outputs),
             "result": self.result,
+            "worker_pid": self.worker_pid,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
             "started_at": _iso(self.started_at),
