@@ -23,7 +23,7 @@ def _prepare_path() -> None:
     python = section.get("Python") if isinstance(section, dict) else None
     python = python or str(default_python())
     venv = os.path.dirname(os.path.dirname(python))
-    pattern = os.path.join(venv, "lib", "python%d.%d" % sys.version_info[:2], "site-packages")
+    pattern = os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
     for site in glob.glob(pattern):
         if site not in sys.path:
             sys.path.insert(1, site)

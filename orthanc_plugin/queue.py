@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Job", "JobQueue", "JobState", "TERMINAL_STATES"]
+__all__ = ["TERMINAL_STATES", "Job", "JobQueue", "JobState"]
 
 JobState = Literal["queued", "running", "done", "skipped", "failed"]
 TERMINAL_STATES: frozenset[str] = frozenset({"done", "skipped", "failed"})

@@ -157,9 +157,8 @@ class Supervisor:
 
     def _restart(self, slot: _Slot, now: float) -> None:
         slot.restarts = [t for t in slot.restarts if now - t < 60] + [now]
-        if len(slot.restarts) > 5:
-            # Crash loop (e.g. a broken venv): back off instead of spinning.
-            if self._stopping.wait(10):
-                return
+        # Crash loop (e.g. a broken venv): back off instead of spinning.
+        if len(slot.restarts) > 5 and self._stopping.wait(10):
+            return
         if not self._stopping.is_set():
             self._spawn(slot)

@@ -13,7 +13,6 @@ A worker killed outright leaves its job ``running``; the supervisor requeues it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from converters import convert_tree
+from orthanc_plugin.embedded import EmbeddedOrthanc, free_port
 from tests.orthanc.conftest import Harness, series_uid
 from tests.validator import validate
 
@@ -65,8 +66,6 @@ class Xa30Run:
 
 @pytest.fixture(scope="module")
 def xa30(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Iterator[Xa30Run]:
-    from orthanc_plugin.embedded import EmbeddedOrthanc, free_port
-
     server = EmbeddedOrthanc(
         workdir=tmp_path_factory.mktemp("xa30"), http_port=free_port(), dicom_port=free_port(),
         workers=2, stable_age=2,
@@ -329,6 +328,6 @@ def test_bad_configuration_stops_startup_naming_the_key(
     orthanc_factory: Callable[..., Harness]
 ) -> None:
     harness = orthanc_factory(start=False, bidsbridge={"Workers": 0})
-    with pytest.raises(Exception, match="exited|did not answer"):
+    with pytest.raises(Exception, match=r"exited|did not answer"):
         harness.server.start(timeout=30)
     assert "BidsBridge.Workers" in harness.server.log_path.read_text(errors="replace")
