@@ -12,8 +12,8 @@ __all__ = [
     "BidsBridgeError",
     "ConversionError",
     "DatasetError",
-    "DicomInputError",
     "Dcm2niixError",
+    "DicomInputError",
     "LabelError",
 ]
 
