@@ -1,0 +1,438 @@
+"""Stage 3 — classify: decide where a converted series belongs in a raw BIDS dataset.
+
+A decision is a :class:`~converters.records.BidsTarget` (datatype, suffix, entities, extra sidecar
+fields) or a :class:`~converters.records.Skip` with its reason. Decisions come from an ordered
+tuple of *rules*; the first rule that returns something wins, then matching :class:`Override` s
+may replace fields. Rules are plain functions ``(SeriesFacts) -> BidsTarget | Skip | None``, so
+later vendor-specific rules can be inserted into :data:`DEFAULT_RULES` without touching the others.
+
+Order of :data:`DEFAULT_RULES` (first version):
+
+1. non-image objects (SR, KO, PR, ...) are skipped — :func:`screen` applies this before dcm2niix;
+2. scanner-derived images (ImageType ``DERIVED``: ADC, FA, TRACEW, perfusion maps, ...) are skipped;
+3. ReproIn names in SeriesDescription, then ProtocolName (``anat-T1w_acq-tfl``,
+   ``func-bold_task-rest_run-1``, ``dwi_dir-AP``, ``fmap-epi_dir-PA``) win over everything below;
+4. header facts: raw diffusion with b-values -> ``dwi``; recognisable BOLD without a task label,
+   GRE field maps and ASL are skipped with the reason (they need information not yet handled);
+5. dcm2niix's own ``BidsGuess``, accepted only for anatomical suffixes, as a last hint;
+6. anything else is skipped as unrecognised.
+
+Wherever a target allows ``rec`` and the image is the scanner's intensity-normalised version
+(``NORM`` in ImageType/ImageTypeText), ``rec-norm`` is added. ``dir`` comes from the name or,
+for ``dwi`` and ``fmap/epi``, from PhaseEncodingDirection and the image orientation.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from converters.bids.naming import INDEX_ENTITIES, entity_value
+from converters.errors import LabelError
+from converters.records import BidsTarget, Classification, ConvertedImage, DicomSeries, Placement, Skip
+
+__all__ = [
+    "DEFAULT_RULES",
+    "SUPPORTED",
+    "Override",
+    "ReproInName",
+    "Rule",
+    "SeriesFacts",
+    "classify",
+    "parse_reproin",
+    "phase_encoding_label",
+    "place",
+    "screen",
+]
+
+logger = logging.getLogger(__name__)
+
+_SHORT = {"required": True, "optional": False}
+
+#: (datatype, suffix) -> {entity: required?} for the targets this version writes, from the BIDS 1.11
+#: schema (``sub``/``ses`` left out). Targets outside this table are only produced by overrides.
+SUPPORTED: Mapping[tuple[str, str], Mapping[str, bool]] = {
+    **{
+        ("anat", suffix): {
+            "task": False, "acq": False, "ce": False, "rec": False, "run": False, "echo": False,
+            "part": False, "chunk": False,
+        }
+        for suffix in ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio")
+    },
+    **{
+        ("func", suffix): {
+            "task": True, "acq": False, "ce": False, "rec": False, "dir": False, "run": False,
+            "echo": False, "part": False, "chunk": False,
+        }
+        for suffix in ("bold", "sbref")
+    },
+    **{
+        ("dwi", suffix): {"acq": False, "rec": False, "dir": False, "run": False, "part": False, "chunk": False}
+        for suffix in ("dwi", "sbref")
+    },
+    ("fmap", "epi"): {
+        "acq": False, "ce": False, "rec": False, "dir": True, "run": False, "part": False, "chunk": False,
+    },
+}  # fmt: skip
+
+#: Suffix a ReproIn name implies when it gives only the datatype (``dwi_dir-AP``).
+_DEFAULT_SUFFIX = {"func": "bold", "dwi": "dwi"}
+_REPROIN_DATATYPES = frozenset({"anat", "func", "dwi", "fmap", "perf"})
+_REPROIN_KEYS = frozenset({"ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part", "inv", "flip", "mt"})
+_LOCALIZERS = frozenset({"scout", "localizer", "loc"})
+_POSTFIX = re.compile(r"^(?:_e(?P<echo>\d+))?(?P<phase>_ph)?$")
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    """Everything a rule may look at: DICOM header facts and dcm2niix's outputs (may be empty)."""
+
+    series: DicomSeries
+    images: tuple[ConvertedImage, ...] = ()
+
+    @property
+    def image_types(self) -> frozenset[str]:
+        """Upper-case values of DICOM ImageType and the sidecars' ImageType/ImageTypeText."""
+        values = set(self.series.image_type)
+        for image in self.images:
+            for key in ("ImageType", "ImageTypeText"):
+                found = image.metadata.get(key)
+                if isinstance(found, list):
+                    values.update(str(v).upper() for v in found)
+        return frozenset(values)
+
+    @property
+    def bids_guess(self) -> tuple[str, str] | None:
+        """dcm2niix's ``BidsGuess`` of the first image as (datatype, name tail), if any."""
+        for image in self.images:
+            guess = image.metadata.get("BidsGuess")
+            if isinstance(guess, list) and len(guess) == 2 and all(isinstance(g, str) for g in guess):
+                return guess[0], guess[1]
+        return None
+
+    @property
+    def has_bvals(self) -> bool:
+        return bool(self.images) and all(i.bval is not None and i.bvec is not None for i in self.images)
+
+
+Rule = Callable[[SeriesFacts], Classification | None]
+
+
+@dataclass(frozen=True)
+class ReproInName:
+    """A series name in ReproIn form: ``<datatype>[-<suffix>][_<key>-<value>]...[__<anything>]``."""
+
+    datatype: str
+    suffix: str | None
+    entities: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+def parse_reproin(text: str) -> ReproInName | None:
+    """Parse a ReproIn series name, or return None if ``text`` is not one.
+
+    Strict on purpose: every ``_``-separated token after the first must be ``key-value`` with a
+    known ReproIn key, so free-text names never pass for ReproIn.
+    """
+    head = text.strip().split("__", 1)[0]
+    tokens = head.split("_")
+    datatype, _, suffix = tokens[0].partition("-")
+    if datatype not in _REPROIN_DATATYPES:
+        return None
+    entities: dict[str, str] = {}
+    for token in tokens[1:]:
+        key, sep, value = token.partition("-")
+        if not sep or not value or key not in _REPROIN_KEYS or key in entities:
+            return None
+        entities[key] = value
+    return ReproInName(datatype=datatype, suffix=suffix or None, entities=entities)
+
+
+def phase_encoding_label(image: ConvertedImage) -> str | None:
+    """BIDS ``dir`` label (``AP``, ``PA``, ``LR``, ``RL``, ``IS``, ``SI``) of an image.
+
+    PhaseEncodingDirection (``i``/``j``/``k`` with optional ``-``) is in voxel axes; the affine
+    turns that axis into RAS+ space, and the dominant world axis names the direction of travel
+    (``PA`` = from posterior to anterior).
+    """
+    direction = image.metadata.get("PhaseEncodingDirection")
+    if not isinstance(direction, str) or direction not in ("i", "i-", "j", "j-", "k", "k-"):
+        return None
+    if len(image.affine) < 3:
+        return None
+    axis = "ijk".index(direction[0])
+    sign = -1.0 if direction.endswith("-") else 1.0
+    vector = [image.affine[row][axis] * sign for row in range(3)]
+    dominant = max(range(3), key=lambda row: abs(vector[row]))
+    if vector[dominant] == 0:
+        return None
+    names = (("RL", "LR"), ("AP", "PA"), ("SI", "IS"))
+    return names[dominant][vector[dominant] > 0]
+
+
+def _normalised(facts: SeriesFacts) -> bool:
+    return "NORM" in facts.image_types
+
+
+def _describe(facts: SeriesFacts) -> str:
+    return "\\".join(facts.series.image_type) or "no ImageType"
+
+
+def _finish(facts: SeriesFacts, target: BidsTarget, *, name: str) -> Classification:
+    """Complete a (datatype, suffix) from a rule: check entities, add rec/dir/TaskName."""
+    allowed = SUPPORTED.get((target.datatype, target.suffix))
+    if allowed is None:
+        return Skip(f"{name}: {target.datatype}/{target.suffix} is not supported yet", target.rule)
+    entities = dict(target.entities)
+    metadata = dict(target.metadata)
+    refused = sorted(set(entities) - set(allowed))
+    if refused:
+        return Skip(
+            f"{name}: entities {refused} are not allowed for {target.datatype}/{target.suffix}", target.rule
+        )
+    if "rec" in allowed and "rec" not in entities and _normalised(facts):
+        entities["rec"] = "norm"
+    if "dir" in allowed and "dir" not in entities and target.datatype in ("dwi", "fmap") and facts.images:
+        labels = {phase_encoding_label(image) for image in facts.images}
+        if len(labels) == 1 and None not in labels:
+            entities["dir"] = str(labels.pop())
+    missing = sorted(key for key, required in allowed.items() if required and key not in entities)
+    if missing:
+        return Skip(f"{name}: {target.datatype}/{target.suffix} needs entity {missing}", target.rule)
+    if target.datatype == "dwi" and target.suffix == "dwi" and not facts.has_bvals:
+        return Skip(f"{name}: dcm2niix found no b-values/b-vectors for a dwi series", target.rule)
+    if "task" in entities:
+        metadata.setdefault("TaskName", entities["task"])
+    return replace(target, entities=entities, metadata=metadata)
+
+
+def rule_non_image(facts: SeriesFacts) -> Classification | None:
+    """Objects without pixel data (structured reports, key objects, protocol documents, ...)."""
+    series = facts.series
+    if series.has_pixels:
+        return None
+    return Skip(
+        f"not an image (Modality {series.modality or '?'}, SOP class {series.sop_class_uid or '?'}); "
+        "raw BIDS holds images only",
+        "non-image",
+    )
+
+
+def rule_scanner_derived(facts: SeriesFacts) -> Classification | None:
+    """Maps the scanner computed (ADC, FA, TRACEW, perfusion, ...): not raw data."""
+    if facts.series.image_type[:1] != ("DERIVED",):
+        return None
+    return Skip(
+        f"scanner-derived image (ImageType {_describe(facts)}); derived maps are not placed in raw BIDS yet",
+        "scanner-derived",
+    )
+
+
+def rule_reproin(facts: SeriesFacts) -> Classification | None:
+    """ReproIn names in SeriesDescription, else ProtocolName."""
+    candidates = (
+        ("SeriesDescription", facts.series.series_description),
+        ("ProtocolName", facts.series.protocol_name),
+    )
+    found = [(source, text, parse_reproin(text)) for source, text in candidates]
+    matched = [(source, text, parsed) for source, text, parsed in found if parsed is not None]
+    if not matched:
+        return None
+    source, text, parsed = matched[0]
+    name = f"ReproIn {source} {text!r}"
+    suffix = parsed.suffix or _DEFAULT_SUFFIX.get(parsed.datatype)
+    if suffix is not None and suffix.lower() in _LOCALIZERS:
+        return Skip(f"{name}: localizer/scout", "reproin")
+    if parsed.datatype == "perf":
+        return Skip(f"{name}: ASL needs an aslcontext.tsv and labelling parameters, not written yet", "reproin")
+    if parsed.datatype == "fmap" and suffix != "epi":
+        return Skip(
+            f"{name}: GRE field maps need EchoTime1/EchoTime2 across the magnitude and phase series, "
+            "not handled yet",
+            "reproin",
+        )
+    if suffix is None:
+        return Skip(f"{name}: gives no suffix for datatype {parsed.datatype}", "reproin")
+    entities: dict[str, str] = {}
+    for key, value in parsed.entities.items():
+        if key == "ses":
+            logger.info("%s: ses-%s ignored; the session comes from the study or the caller", name, value)
+            continue
+        try:
+            entities[key] = entity_value(key, value)
+        except LabelError as exc:
+            return Skip(f"{name}: {exc}", "reproin")
+    target = BidsTarget(parsed.datatype, suffix, entities, rule="reproin")
+    return _finish(facts, target, name=name)
+
+
+def rule_diffusion(facts: SeriesFacts) -> Classification | None:
+    """Raw diffusion: DIFFUSION in ImageType with b-values and b-vectors."""
+    if "DIFFUSION" not in facts.image_types or not facts.has_bvals:
+        return None
+    return _finish(facts, BidsTarget("dwi", "dwi", rule="diffusion"), name="diffusion series")
+
+
+def rule_unplaceable_kinds(facts: SeriesFacts) -> Classification | None:
+    """Kinds recognised from headers that need information this version does not collect."""
+    types = facts.image_types
+    guess = facts.bids_guess
+    if "FMRI" in types:
+        return Skip(
+            "BOLD fMRI without a task label; name the protocol func-bold_task-<label> or add an override",
+            "fmri-without-task",
+        )
+    if guess is not None and guess[0] == "fmap":
+        return Skip(
+            "GRE field map (magnitude/phase): needs EchoTime1/EchoTime2 across series, not handled yet",
+            "fieldmap",
+        )
+    if "ASL" in types or (guess is not None and guess[0] == "perf"):
+        return Skip("ASL: needs an aslcontext.tsv and labelling parameters, not written yet", "asl")
+    return None
+
+
+def rule_bids_guess(facts: SeriesFacts) -> Classification | None:
+    """dcm2niix's BidsGuess, trusted only for anatomical suffixes and only for datatype + suffix."""
+    guess = facts.bids_guess
+    if guess is None or guess[0] != "anat":
+        return None
+    suffix = guess[1].rsplit("_", 1)[-1]
+    if ("anat", suffix) not in SUPPORTED:
+        return None
+    return _finish(facts, BidsTarget("anat", suffix, rule="bids-guess"), name=f"dcm2niix BidsGuess {guess}")
+
+
+def rule_unrecognised(facts: SeriesFacts) -> Classification | None:
+    guess = facts.bids_guess
+    hint = f"; dcm2niix guessed {guess[0]}/{guess[1]}" if guess else ""
+    return Skip(
+        f"not recognised (ImageType {_describe(facts)}{hint}); give it a ReproIn name or an override",
+        "unrecognised",
+    )
+
+
+#: Rules in the order they are tried; the first non-None answer wins.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    rule_non_image,
+    rule_scanner_derived,
+    rule_reproin,
+    rule_diffusion,
+    rule_unplaceable_kinds,
+    rule_bids_guess,
+    rule_unrecognised,
+)
+
+
+@dataclass(frozen=True)
+class Override:
+    """A site decision that replaces what the rules decided for matching series.
+
+    Matches by ``series_uid`` and/or an ``fnmatch`` pattern on SeriesDescription (both must match
+    when both are given). ``skip`` skips the series with that reason; otherwise the given fields
+    replace the rule's: ``entities`` are merged (a ``None`` value removes that entity). A skipped
+    series becomes a target only when the override names both ``datatype`` and ``suffix``.
+    """
+
+    series_uid: str | None = None
+    description: str | None = None
+    datatype: str | None = None
+    suffix: str | None = None
+    entities: Mapping[str, str | None] = field(default_factory=dict, hash=False)
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    skip: str | None = None
+
+    def matches(self, series: DicomSeries) -> bool:
+        if self.series_uid is None and self.description is None:
+            return False
+        if self.series_uid is not None and series.series_uid != self.series_uid:
+            return False
+        return self.description is None or fnmatch.fnmatchcase(series.series_description, self.description)
+
+    def apply(self, decision: Classification) -> Classification:
+        if self.skip is not None:
+            return Skip(self.skip, "override")
+        if isinstance(decision, Skip):
+            if self.datatype is None or self.suffix is None:
+                return decision
+            decision = BidsTarget(self.datatype, self.suffix)
+        entities = {k: v for k, v in decision.entities.items() if k not in self.entities}
+        for key, value in self.entities.items():
+            if value is not None:
+                entities[key] = entity_value(key, value)
+        metadata = {**decision.metadata, **self.metadata}
+        if "task" in entities:
+            metadata["TaskName"] = self.metadata.get("TaskName", entities["task"])
+        return BidsTarget(
+            datatype=self.datatype or decision.datatype,
+            suffix=self.suffix or decision.suffix,
+            entities=entities,
+            metadata=metadata,
+            rule="override",
+        )
+
+
+def screen(series: DicomSeries) -> Skip | None:
+    """Decide from headers alone whether the series is not worth running dcm2niix on."""
+    decision = rule_non_image(SeriesFacts(series))
+    return decision if isinstance(decision, Skip) else None
+
+
+def classify(
+    facts: SeriesFacts, *, rules: Sequence[Rule] = DEFAULT_RULES, overrides: Sequence[Override] = ()
+) -> Classification:
+    """Run ``rules`` in order, then every matching override, and return the decision."""
+    decision: Classification | None = None
+    for rule in rules:
+        decision = rule(facts)
+        if decision is not None:
+            break
+    if decision is None:
+        decision = rule_unrecognised(facts)
+        assert decision is not None
+    for override in overrides:
+        if override.matches(facts.series):
+            decision = override.apply(decision)
+    return decision
+
+
+def place(facts: SeriesFacts, target: BidsTarget) -> tuple[Placement, ...] | Skip:
+    """Give each converted image its own target: one image keeps ``target``; several images that
+    differ by echo and/or magnitude/phase get ``echo-<n>`` / ``part-mag|phase``. Other splits
+    (dcm2niix postfixes such as ``_i00002``, ``_c1``, ``_ROI1``) cannot be named yet."""
+    images = facts.images
+    if len(images) == 1:
+        return (Placement(images[0], target),)
+    if not images:
+        return Skip("dcm2niix wrote no image", target.rule)
+    allowed = SUPPORTED.get((target.datatype, target.suffix), {})
+    parsed = [_POSTFIX.match(image.postfix) for image in images]
+    postfixes = ", ".join(repr(image.postfix) for image in images)
+    if any(match is None for match in parsed):
+        return Skip(f"dcm2niix split the series into images {postfixes}; naming these is not supported yet")
+    echoes = {match.group("echo") for match in parsed if match is not None}
+    phases = {bool(match.group("phase")) for match in parsed if match is not None}
+    placements: list[Placement] = []
+    for image, match in zip(images, parsed, strict=True):
+        assert match is not None
+        entities = dict(target.entities)
+        if len(echoes) > 1:
+            number = image.metadata.get("EchoNumber", match.group("echo"))
+            if "echo" not in allowed or number is None:
+                return Skip(f"{target.datatype}/{target.suffix} with several echoes ({postfixes}) not supported")
+            entities["echo"] = str(number)
+        if len(phases) > 1:
+            if "part" not in allowed:
+                return Skip(f"{target.datatype}/{target.suffix} with magnitude and phase not supported")
+            entities["part"] = "phase" if match.group("phase") else "mag"
+        placements.append(Placement(image, replace(target, entities=entities)))
+    names = {tuple(sorted(p.target.entities.items())) for p in placements}
+    if len(names) != len(placements):
+        return Skip(f"dcm2niix wrote several images {postfixes} that would get the same BIDS name")
+    for placement in placements:
+        for key in INDEX_ENTITIES & set(placement.target.entities):
+            entity_value(key, placement.target.entities[key])
+    return tuple(placements)
