@@ -1,0 +1,38 @@
+"""bidsbridge converters: DICOM series -> NIfTI + JSON (dcm2niix) -> raw BIDS dataset.
+
+The pipeline runs in stages, one module each: :mod:`.discover` (find series, headers only),
+:mod:`.conversion` (dcm2niix on one series), :mod:`.classify` (where it belongs in BIDS) and
+:mod:`.bids` (names, dataset files, atomic publishing); :mod:`.pipeline` strings them together.
+"""
+
+import logging
+
+from converters.bids.naming import sanitize_label
+from converters.classify import Override
+from converters.errors import (
+    BidsBridgeError,
+    ConversionError,
+    DatasetError,
+    Dcm2niixError,
+    DicomInputError,
+    LabelError,
+)
+from converters.pipeline import convert_series, convert_tree, series_outputs
+from converters.records import SeriesResult
+
+__all__ = [
+    "BidsBridgeError",
+    "ConversionError",
+    "DatasetError",
+    "Dcm2niixError",
+    "DicomInputError",
+    "LabelError",
+    "Override",
+    "SeriesResult",
+    "convert_series",
+    "convert_tree",
+    "sanitize_label",
+    "series_outputs",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,95 @@
+"""The ``convert`` subcommand: convert a DICOM folder offline into a BIDS dataset.
+
+``bidsbridge convert DICOM_DIR BIDS_DIR [--subject S] [--session X] [--report REPORT.json]``
+
+Prints one line per series (state, series number and description, then outputs or the reason)
+and exits 0 only when every series was converted or skipped with a reason. ``--report`` writes
+the results as a JSON list of :meth:`SeriesResult.to_dict` records. The same files come out as
+when the Orthanc plugin converts those series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from converters.errors import BidsBridgeError
+from converters.pipeline import convert_tree
+from converters.records import SeriesResult
+
+__all__ = ["main", "register", "run_convert", "summarize"]
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``convert`` subcommand; its handler is stored as ``handler`` (``args.handler(args)``)."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a folder of DICOM files into a BIDS dataset (offline)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dicom_dir", type=Path, metavar="DICOM_DIR", help="folder of DICOM files, any layout")
+    parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="BIDS dataset to create or add to")
+    parser.add_argument("--subject", help="subject label (default: the PatientID, letters and digits only)")
+    parser.add_argument("--session", help="session label (default: the StudyDate, YYYYMMDD)")
+    parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write the per-series results as JSON")
+    parser.set_defaults(handler=run_convert)
+
+
+def _line(result: SeriesResult) -> str:
+    number = "" if result.series_number is None else f"#{result.series_number} "
+    what = f"{number}{result.series_description or result.series_uid}"
+    if result.state == "converted":
+        return f"{result.state:<9}  {what}\n" + "".join(f"           -> {path}\n" for path in result.outputs)
+    return f"{result.state:<9}  {what}: {result.reason or '(no reason given)'}\n"
+
+
+def summarize(results: Sequence[SeriesResult], out: TextIO) -> bool:
+    """Print the per-series summary; return True when nothing failed and every skip has a reason."""
+    for result in results:
+        out.write(_line(result))
+    counts = {state: sum(1 for r in results if r.state == state) for state in ("converted", "skipped", "failed")}
+    out.write(", ".join(f"{count} {state}" for state, count in counts.items()) + "\n")
+    return bool(results) and all(
+        r.state == "converted" or (r.state == "skipped" and bool(r.reason)) for r in results
+    )
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Handler of ``convert``: returns the process exit code."""
+    try:
+        results = convert_tree(args.dicom_dir, args.bids_dir, subject=args.subject, session=args.session)
+    except BidsBridgeError as exc:
+        print(f"bidsbridge convert: {exc}", file=sys.stderr)
+        return 1
+    if not results:
+        print(f"bidsbridge convert: no DICOM series found in {args.dicom_dir}", file=sys.stderr)
+    ok = summarize(results, sys.stdout)
+    if args.report is not None:
+        report = json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False) + "\n"
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report, encoding="utf-8")
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m converters.cli convert ...`` — the subcommand without the plugin's CLI."""
+    parser = argparse.ArgumentParser(prog="python -m converters.cli")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
