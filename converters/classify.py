@@ -8,7 +8,8 @@ later vendor-specific rules can be inserted into :data:`DEFAULT_RULES` without t
 
 Order of :data:`DEFAULT_RULES` (first version):
 
-1. non-image objects (SR, KO, PR, ...) are skipped — :func:`screen` applies this before dcm2niix;
+1. non-image objects (SR, KO, PR, ...), modalities other than MR and secondary captures are
+   skipped — :func:`screen` applies these header-only rules before dcm2niix;
 2. scanner-derived images (ImageType ``DERIVED``: ADC, FA, TRACEW, perfusion maps, ...) are skipped;
 3. ReproIn names in SeriesDescription, then ProtocolName (``anat-T1w_acq-tfl``,
    ``func-bold_task-rest_run-1``, ``dwi_dir-AP``, ``fmap-epi_dir-PA``) win over everything below;
@@ -31,12 +32,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pydicom.uid import UID
+
 from converters.bids.naming import INDEX_ENTITIES, entity_value
 from converters.errors import LabelError
 from converters.records import BidsTarget, Classification, ConvertedImage, DicomSeries, Placement, Skip
 
 __all__ = [
     "DEFAULT_RULES",
+    "HEADER_RULES",
     "SUPPORTED",
     "Override",
     "ReproInName",
@@ -190,9 +194,7 @@ def _finish(facts: SeriesFacts, target: BidsTarget, *, name: str) -> Classificat
     metadata = dict(target.metadata)
     refused = sorted(set(entities) - set(allowed))
     if refused:
-        return Skip(
-            f"{name}: entities {refused} are not allowed for {target.datatype}/{target.suffix}", target.rule
-        )
+        return Skip(f"{name}: entities {refused} are not allowed for {target.datatype}/{target.suffix}", target.rule)
     if "rec" in allowed and "rec" not in entities and _normalised(facts):
         entities["rec"] = "norm"
     if "dir" in allowed and "dir" not in entities and target.datatype in ("dwi", "fmap") and facts.images:
@@ -219,6 +221,16 @@ def rule_non_image(facts: SeriesFacts) -> Classification | None:
         "raw BIDS holds images only",
         "non-image",
     )
+
+
+def rule_not_mr_acquisition(facts: SeriesFacts) -> Classification | None:
+    """Images this version never places: other modalities, and screenshots (secondary captures)."""
+    series = facts.series
+    if series.modality != "MR":
+        return Skip(f"modality {series.modality or '(none)'}: only MR is placed in BIDS so far", "not-mr")
+    if "Secondary Capture" in UID(series.sop_class_uid).name:
+        return Skip(f"{UID(series.sop_class_uid).name} (a screenshot, not an acquisition)", "not-mr")
+    return None
 
 
 def rule_scanner_derived(facts: SeriesFacts) -> Classification | None:
@@ -250,8 +262,7 @@ def rule_reproin(facts: SeriesFacts) -> Classification | None:
         return Skip(f"{name}: ASL needs an aslcontext.tsv and labelling parameters, not written yet", "reproin")
     if parsed.datatype == "fmap" and suffix != "epi":
         return Skip(
-            f"{name}: GRE field maps need EchoTime1/EchoTime2 across the magnitude and phase series, "
-            "not handled yet",
+            f"{name}: GRE field maps need EchoTime1/EchoTime2 across the magnitude and phase series, not handled yet",
             "reproin",
         )
     if suffix is None:
@@ -316,8 +327,11 @@ def rule_unrecognised(facts: SeriesFacts) -> Classification | None:
 
 
 #: Rules in the order they are tried; the first non-None answer wins.
+#: Rules that need DICOM headers only; :func:`screen` applies them before dcm2niix runs.
+HEADER_RULES: tuple[Rule, ...] = (rule_non_image, rule_not_mr_acquisition)
+
 DEFAULT_RULES: tuple[Rule, ...] = (
-    rule_non_image,
+    *HEADER_RULES,
     rule_scanner_derived,
     rule_reproin,
     rule_diffusion,
@@ -376,9 +390,13 @@ class Override:
 
 
 def screen(series: DicomSeries) -> Skip | None:
-    """Decide from headers alone whether the series is not worth running dcm2niix on."""
-    decision = rule_non_image(SeriesFacts(series))
-    return decision if isinstance(decision, Skip) else None
+    """Apply :data:`HEADER_RULES`: a Skip for series not worth running dcm2niix on, else None."""
+    facts = SeriesFacts(series)
+    for rule in HEADER_RULES:
+        decision = rule(facts)
+        if isinstance(decision, Skip):
+            return decision
+    return None
 
 
 def classify(

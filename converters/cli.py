@@ -57,9 +57,7 @@ def summarize(results: Sequence[SeriesResult], out: TextIO) -> bool:
         out.write(_line(result))
     counts = {state: sum(1 for r in results if r.state == state) for state in ("converted", "skipped", "failed")}
     out.write(", ".join(f"{count} {state}" for state, count in counts.items()) + "\n")
-    return bool(results) and all(
-        r.state == "converted" or (r.state == "skipped" and bool(r.reason)) for r in results
-    )
+    return bool(results) and all(r.state == "converted" or (r.state == "skipped" and bool(r.reason)) for r in results)
 
 
 def run_convert(args: argparse.Namespace) -> int:

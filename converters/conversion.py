@@ -104,9 +104,7 @@ def _image(out: Path, nifti: Path, output: str, source: Path) -> ConvertedImage:
     )
 
 
-def run_dcm2niix(
-    files: Sequence[Path], workdir: Path, *, source: Path | None = None
-) -> tuple[ConvertedImage, ...]:
+def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = None) -> tuple[ConvertedImage, ...]:
     """Convert the DICOM ``files`` of one series; outputs go to ``workdir/nifti``.
 
     ``workdir`` must not hold earlier results; ``source`` names the series in error messages
@@ -150,7 +148,5 @@ def run_dcm2niix(
         raise ConversionError(f"dcm2niix wrote files bidsbridge does not understand for {where}: {unexpected}")
     converted = sum(int(n) for n in _CONVERTED.findall(output))
     if converted != len(files):
-        logger.warning(
-            "dcm2niix used %d of the %d DICOM files of %s:\n%s", converted, len(files), where, output
-        )
+        logger.warning("dcm2niix used %d of the %d DICOM files of %s:\n%s", converted, len(files), where, output)
     return images

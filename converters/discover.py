@@ -51,6 +51,7 @@ class _Instance:
     study_uid: str
     series_uid: str
     sop_instance_uid: str
+    instance_number: int | None
     series_number: int | None
     series_description: str
     protocol_name: str
@@ -77,8 +78,8 @@ def _text(ds: Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _series_number(ds: Dataset) -> int | None:
-    value = ds.get("SeriesNumber")
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
     if value is None or str(value).strip() == "":
         return None
     try:
@@ -157,8 +158,7 @@ def _pixel_damage(fp: BinaryIO, ds: Dataset, size: int) -> tuple[bool, str | Non
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         needed = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
-            * int(ds.BitsAllocated) // 8
+            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames * int(ds.BitsAllocated) // 8
         )
     except (AttributeError, TypeError, ValueError):
         return True, None
@@ -194,7 +194,9 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
     series_uid = _text(ds, "SeriesInstanceUID")
     study_uid = _text(ds, "StudyInstanceUID")
     if not series_uid or not study_uid:
-        return UnusableFile(path, "DICOM file without StudyInstanceUID/SeriesInstanceUID", "damaged")
+        return UnusableFile(
+            path, "incomplete DICOM header: no StudyInstanceUID/SeriesInstanceUID (truncated?)", "damaged"
+        )
     if not has_pixels and damage is None and "Image Storage" in UID(sop_class).name:
         damage = f"{UID(sop_class).name} without pixel data (truncated?)"
     image_type = ds.get("ImageType")
@@ -210,7 +212,8 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
         study_uid=study_uid,
         series_uid=series_uid,
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        series_number=_series_number(ds),
+        instance_number=_integer(ds, "InstanceNumber"),
+        series_number=_integer(ds, "SeriesNumber"),
         series_description=_text(ds, "SeriesDescription"),
         protocol_name=_text(ds, "ProtocolName"),
         modality=_text(ds, "Modality"),
@@ -222,6 +225,11 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
         has_pixels=has_pixels,
         damage=damage,
     )
+
+
+def _instance_order(instance: _Instance) -> tuple[int, int, str]:
+    number = instance.instance_number
+    return (0 if number is not None else 1, number or 0, instance.sop_instance_uid)
 
 
 def _walk(root: Path) -> list[Path]:
@@ -286,7 +294,9 @@ def discover(root: Path) -> Inventory:
     for key in set(instances) | set(damaged_heads):
         members = instances.get(key, [])
         # A series of which only damaged files were found is kept so that it fails visibly.
-        head = members[0] if members else damaged_heads[key]
+        # Header facts come from the first instance in acquisition order, not in path order, so
+        # that file names and folder layout (offline tree vs Orthanc download) cannot change them.
+        head = min(members, key=_instance_order) if members else damaged_heads[key]
         acquired = sorted(m.acquisition_time for m in members if m.acquisition_time)
         series.append(
             DicomSeries(

@@ -43,10 +43,7 @@ class Dcm2niixError(ConversionError):
         self.returncode = returncode
         self.output = output
         tail = "\n".join(line for line in output.strip().splitlines()[-8:])
-        super().__init__(
-            f"dcm2niix exited with code {returncode} converting {series_dir}: "
-            f"{tail or '(no output)'}"
-        )
+        super().__init__(f"dcm2niix exited with code {returncode} converting {series_dir}: {tail or '(no output)'}")
 
 
 class LabelError(BidsBridgeError, ValueError):

@@ -43,8 +43,7 @@ def sanitize_label(text: str) -> str:
     label = _NOT_ALNUM.sub("", decomposed.encode("ascii", "ignore").decode("ascii"))
     if not label:
         raise LabelError(
-            f"{text!r} has no letters or digits, so it cannot be a BIDS label; "
-            "pass an explicit label instead"
+            f"{text!r} has no letters or digits, so it cannot be a BIDS label; pass an explicit label instead"
         )
     return label
 

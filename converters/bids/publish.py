@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ from converters.records import BidsTarget, DicomSeries
 __all__ = [
     "BOOKKEEPING_DIR",
     "LOCK_NAME",
+    "MAX_RUN",
+    "STALE_STAGING_SECONDS",
     "PublishRequest",
     "Published",
     "SeriesManifest",
@@ -67,6 +70,9 @@ logger = logging.getLogger(__name__)
 BOOKKEEPING_DIR = ".bidsbridge"
 #: Lock file inside :data:`BOOKKEEPING_DIR`.
 LOCK_NAME = "lock"
+#: Staging folders older than this (seconds; default one day) belong to crashed processes and are
+#: removed by the next publish. A conversion never takes that long (dcm2niix is killed after 900 s).
+STALE_STAGING_SECONDS = 24 * 3600.0
 #: Highest ``run`` index tried when disambiguating a file name already owned by another series.
 MAX_RUN = 999
 
@@ -155,9 +161,7 @@ def read_manifest(path: Path) -> SeriesManifest | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(
-            f"corrupt bidsbridge manifest {path} ({exc}); delete it and re-convert that series"
-        ) from exc
+        raise DatasetError(f"corrupt bidsbridge manifest {path} ({exc}); delete it and re-convert that series") from exc
 
 
 def read_manifests(root: Path) -> dict[str, SeriesManifest]:
@@ -235,9 +239,7 @@ def resolve_session(subject: str, series: DicomSeries, manifests: Mapping[str, S
     for manifest in manifests.values():
         if manifest.subject == subject and manifest.study_uid == series.study_uid and manifest.session:
             return manifest.session
-    taken = {
-        m.session for m in manifests.values() if m.subject == subject and m.study_uid != series.study_uid
-    }
+    taken = {m.session for m in manifests.values() if m.subject == subject and m.study_uid != series.study_uid}
     digest = hashlib.sha256(series.study_uid.encode("utf-8")).hexdigest()[:8]
     date = series.study_date if len(series.study_date) == 8 and series.study_date.isdigit() else ""
     time = series.study_time.split(".")[0]
@@ -252,9 +254,7 @@ def resolve_session(subject: str, series: DicomSeries, manifests: Mapping[str, S
     for candidate in candidates:
         if candidate not in taken:
             return candidate
-    raise DatasetError(
-        f"cannot find a free session label for study {series.study_uid} of sub-{subject}; pass session="
-    )
+    raise DatasetError(f"cannot find a free session label for study {series.study_uid} of sub-{subject}; pass session=")
 
 
 def _bump_run(target: BidsTarget, attempt: int) -> BidsTarget:
@@ -415,11 +415,24 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                 _refresh_scans(root, subject, touched_session, manifests)
             _refresh_participants(root, manifests)
             _ensure_dataset_files(root, dcm2niix_version)
+            _sweep_stale_staging(root)
     except OSError as exc:
         if isinstance(exc, DatasetError):
             raise
         raise DatasetError(f"cannot publish series {uid} into {root}: {exc}") from exc
     return Published(outputs=tuple(sorted(outputs)), session=session)
+
+
+def _sweep_stale_staging(root: Path) -> None:
+    folder = _bookkeeping(root) / "tmp"
+    limit = time.time() - STALE_STAGING_SECONDS
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        try:
+            if entry.stat().st_mtime < limit:
+                logger.warning("removing staging folder %s left by a crashed conversion", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+        except FileNotFoundError:
+            continue
 
 
 def discard_staging(folder: Path) -> None:
