@@ -1,0 +1,139 @@
+"""Classifier building blocks: ReproIn parsing, phase-encoding direction, overrides, rule order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from converters.classify import (
+    Override,
+    ReproInName,
+    SeriesFacts,
+    classify,
+    parse_reproin,
+    phase_encoding_label,
+    place,
+)
+from converters.records import BidsTarget, ConvertedImage, DicomSeries, Skip
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("anat-T1w_acq-tfl", ReproInName("anat", "T1w", {"acq": "tfl"})),
+        ("func-bold_task-fa_run-1", ReproInName("func", "bold", {"task": "fa", "run": "1"})),
+        ("dwi_dir-AP", ReproInName("dwi", None, {"dir": "AP"})),
+        ("fmap-epi_dir-PA__anything goes", ReproInName("fmap", "epi", {"dir": "PA"})),
+        ("anat-scout", ReproInName("anat", "scout", {})),
+    ],
+)
+def test_parse_reproin(text: str, parsed: ReproInName) -> None:
+    assert parse_reproin(text) == parsed
+
+
+@pytest.mark.parametrize(
+    "text", ["DWI_dir80_PA", "gre_field_mapping", "anat-T1w_ND", "anat-T1w_acq-a_acq-b", "t1_mprage", ""]
+)
+def test_free_text_is_not_reproin(text: str) -> None:
+    assert parse_reproin(text) is None
+
+
+def _series(**changes: object) -> DicomSeries:
+    fields: dict[str, object] = {
+        "series_uid": "1.2.3", "study_uid": "1.2", "patient_id": "P", "series_number": 3,
+        "series_description": "", "protocol_name": "", "modality": "MR",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4", "study_date": "20240102", "study_time": "101010",
+        "acquisition_time": "", "image_type": ("ORIGINAL", "PRIMARY", "M"), "has_pixels": True,
+        "files": (Path("x.dcm"),),
+    }  # fmt: skip
+    fields.update(changes)
+    return DicomSeries(**fields)  # type: ignore[arg-type]
+
+
+def _image(
+    direction: str | None = None, affine: tuple[tuple[float, ...], ...] | None = None, **meta: object
+) -> ConvertedImage:
+    metadata: dict[str, object] = dict(meta)
+    if direction is not None:
+        metadata["PhaseEncodingDirection"] = direction
+    identity = tuple(tuple(float(i == j) for j in range(4)) for i in range(4))
+    return ConvertedImage(Path("series.nii.gz"), Path("series.json"), None, None, metadata, affine=affine or identity)
+
+
+@pytest.mark.parametrize(
+    ("direction", "label"), [("j", "PA"), ("j-", "AP"), ("i", "LR"), ("i-", "RL"), ("k", "IS"), ("k-", "SI")]
+)
+def test_phase_encoding_label_in_ras(direction: str, label: str) -> None:
+    assert phase_encoding_label(_image(direction)) == label
+
+
+def test_phase_encoding_label_follows_the_affine() -> None:
+    # Voxel axis j runs towards the patient's left (-x in RAS), slightly tilted.
+    affine = ((0.1, -2.9, 0.0, 0.0), (3.0, 0.2, 0.0, 0.0), (0.0, 0.0, 3.0, 0.0), (0.0, 0.0, 0.0, 1.0))
+    assert phase_encoding_label(_image("j", affine)) == "RL"
+    assert phase_encoding_label(_image("j-", affine)) == "LR"
+    assert phase_encoding_label(_image("y")) is None
+    assert phase_encoding_label(_image()) is None
+
+
+def test_reproin_wins_and_normalised_images_get_rec_norm() -> None:
+    facts = SeriesFacts(
+        _series(series_description="anat-T1w_acq-mprage"),
+        (_image(ImageTypeText=["ORIGINAL", "PRIMARY", "M", "NORM"], BidsGuess=["anat", "_T2w"]),),
+    )
+    decision = classify(facts)
+    assert decision == BidsTarget("anat", "T1w", {"acq": "mprage", "rec": "norm"}, rule="reproin")
+
+
+def test_reproin_bold_without_task_is_skipped_not_invented() -> None:
+    decision = classify(SeriesFacts(_series(series_description="func-bold_run-1"), (_image("j"),)))
+    assert isinstance(decision, Skip) and "task" in decision.reason
+
+
+def test_derived_images_are_skipped_even_with_a_reproin_name() -> None:
+    series = _series(series_description="dwi_dir-AP", image_type=("DERIVED", "PRIMARY", "DIFFUSION", "ADC"))
+    decision = classify(SeriesFacts(series, (_image("j"),)))
+    assert isinstance(decision, Skip) and "scanner-derived" in decision.reason
+
+
+def test_bids_guess_is_only_a_last_hint() -> None:
+    guess = _image(BidsGuess=["anat", "_acq-tfl3p2_run-5_T1w"])
+    assert classify(SeriesFacts(_series(), (guess,))) == BidsTarget("anat", "T1w", {}, rule="bids-guess")
+    wrong = _image(BidsGuess=["dwi", "_FA"])
+    decision = classify(SeriesFacts(_series(), (wrong,)))
+    assert isinstance(decision, Skip) and "not recognised" in decision.reason
+
+
+def test_overrides_replace_fields() -> None:
+    series = _series(series_uid="9.9", series_description="t1_mprage")
+    facts = SeriesFacts(series, (_image(),))
+    assert isinstance(classify(facts), Skip)
+    place_it = Override(series_uid="9.9", datatype="anat", suffix="T1w", entities={"acq": "mp-rage"})
+    assert classify(facts, overrides=[place_it]) == BidsTarget("anat", "T1w", {"acq": "mprage"}, rule="override")
+    drop_acq = Override(description="t1_*", entities={"acq": None, "run": "2"})
+    assert classify(facts, overrides=[place_it, drop_acq]) == BidsTarget("anat", "T1w", {"run": "2"}, rule="override")
+    other = Override(series_uid="1.1", skip="not this one")
+    assert classify(facts, overrides=[place_it, other]).rule == "override"
+    assert classify(facts, overrides=[Override(description="t1*", skip="site says no")]) == Skip(
+        "site says no", "override"
+    )
+
+
+def test_place_names_echoes_and_refuses_unknown_splits() -> None:
+    target = BidsTarget("func", "bold", {"task": "rest"})
+    echoes = (
+        ConvertedImage(Path("a"), Path("a.json"), None, None, {"EchoNumber": 1}, postfix="_e1"),
+        ConvertedImage(Path("b"), Path("b.json"), None, None, {"EchoNumber": 2}, postfix="_e2"),
+    )
+    placed = place(SeriesFacts(_series(), echoes), target)
+    assert not isinstance(placed, Skip)
+    assert [p.target.entities for p in placed] == [{"task": "rest", "echo": "1"}, {"task": "rest", "echo": "2"}]
+    tilted = (
+        ConvertedImage(Path("a"), Path("a.json"), None, None, {}, postfix=""),
+        ConvertedImage(Path("b"), Path("b.json"), None, None, {}, postfix="_i00002"),
+    )
+    refused = place(SeriesFacts(_series(), tilted), target)
+    assert isinstance(refused, Skip) and "_i00002" in refused.reason
+    dwi_echoes = place(SeriesFacts(_series(), echoes), BidsTarget("dwi", "dwi"))
+    assert isinstance(dwi_echoes, Skip) and "echoes" in dwi_echoes.reason

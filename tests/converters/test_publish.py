@@ -1,0 +1,185 @@
+"""Publishing into a dataset that already holds things: re-conversion, name clashes, sessions."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from converters import Override, convert_series, series_outputs
+from converters.bids.publish import BOOKKEEPING_DIR, STALE_STAGING_SECONDS, manifest_path
+from tests.converters.conftest import Converted, series_dir
+from tests.validator import validate
+
+SUB = "sub-12343hucheng"
+SES = "ses-20220711"
+ANAT = f"{SUB}/{SES}/anat"
+SCANS = f"{SUB}/{SES}/{SUB}_{SES}_scans.tsv"
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every published file (bookkeeping excluded) -> (inode, mtime_ns)."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and BOOKKEEPING_DIR not in p.relative_to(root).parts
+    }
+
+
+def _scans(root: Path) -> list[str]:
+    return [line.split("\t")[0] for line in (root / SCANS).read_text().splitlines()[1:]]
+
+
+def test_reconverting_a_series_replaces_only_its_files(xa30: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    t1 = convert_series(series_dir(xa30, 5), root)
+    norm = convert_series(series_dir(xa30, 6), root)
+    assert t1.state == norm.state == "converted"
+    plain = f"{ANAT}/{SUB}_{SES}_acq-tfl_T1w"
+    rec_norm = f"{ANAT}/{SUB}_{SES}_acq-tfl_rec-norm_T1w"
+    assert t1.outputs == (f"{plain}.json", f"{plain}.nii.gz")
+    assert norm.outputs == (f"{rec_norm}.json", f"{rec_norm}.nii.gz")
+    before = _files(root)
+    norm_files = {k: v for k, v in before.items() if k.startswith(rec_norm)}
+    nifti_bytes = (root / f"{plain}.nii.gz").read_bytes()
+
+    # Same series again: same names (it does not clash with itself), same bytes, nothing added.
+    again = convert_series(series_dir(xa30, 5), root)
+    assert again.outputs == t1.outputs
+    after = _files(root)
+    assert sorted(after) == sorted(before)
+    assert (root / f"{plain}.nii.gz").read_bytes() == nifti_bytes
+    assert {k: after[k] for k in norm_files} == norm_files  # the other series was not touched
+    assert _scans(root) == sorted(
+        [f"anat/{SUB}_{SES}_acq-tfl_T1w.nii.gz", f"anat/{SUB}_{SES}_acq-tfl_rec-norm_T1w.nii.gz"]
+    )
+
+    # Re-converted under another name: the old files go, the manifest follows.
+    renamed = convert_series(
+        series_dir(xa30, 5), root, overrides=[Override(series_uid=t1.series_uid, entities={"acq": "mprage"})]
+    )
+    mprage = f"{ANAT}/{SUB}_{SES}_acq-mprage_T1w"
+    assert renamed.outputs == (f"{mprage}.json", f"{mprage}.nii.gz")
+    assert not (root / f"{plain}.nii.gz").exists() and not (root / f"{plain}.json").exists()
+    assert series_outputs(root, t1.series_uid) == list(renamed.outputs)
+    assert {k: v for k, v in _files(root).items() if k.startswith(rec_norm)} == norm_files
+    assert _scans(root) == [f"anat/{SUB}_{SES}_acq-mprage_T1w.nii.gz", f"anat/{SUB}_{SES}_acq-tfl_rec-norm_T1w.nii.gz"]
+
+    # Re-converted as skipped: everything it owned is removed, with its manifest.
+    skipped = convert_series(
+        series_dir(xa30, 5), root, overrides=[Override(series_uid=t1.series_uid, skip="operator: motion")]
+    )
+    assert skipped.state == "skipped" and skipped.reason == "operator: motion" and skipped.outputs == ()
+    assert series_outputs(root, t1.series_uid) == []
+    assert not manifest_path(root, t1.series_uid).exists()
+    assert sorted(p for p in _files(root) if p.startswith(ANAT)) == sorted(norm.outputs)
+    assert _scans(root) == [f"anat/{SUB}_{SES}_acq-tfl_rec-norm_T1w.nii.gz"]
+    assert validate(root) == []
+
+
+def test_a_name_owned_by_another_series_is_never_overwritten(xa30: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    t1 = convert_series(series_dir(xa30, 5), root)
+    owned_before = _files(root)
+    # Force series 6 onto series 5's name: it must get the next free run instead.
+    clash = Override(description="anat-T1w_acq-tfl", entities={"rec": None})
+    norm = convert_series(series_dir(xa30, 6), root, overrides=[clash])
+    run2 = f"{ANAT}/{SUB}_{SES}_acq-tfl_run-2_T1w"
+    assert norm.outputs == (f"{run2}.json", f"{run2}.nii.gz")
+    assert {k: _files(root)[k] for k in t1.outputs} == {k: owned_before[k] for k in t1.outputs}
+    # Re-converting series 5 keeps its own name; re-converting 6 keeps run-2 (stable, no run-3).
+    assert convert_series(series_dir(xa30, 5), root).outputs == t1.outputs
+    assert convert_series(series_dir(xa30, 6), root, overrides=[clash]).outputs == norm.outputs
+    # A file nobody owns (put there by hand) is not overwritten either.
+    (root / f"{ANAT}/{SUB}_{SES}_acq-tfl_rec-norm_T1w.json").write_text("{}\n")
+    third = convert_series(series_dir(xa30, 6), root)
+    assert third.outputs[0].endswith("_acq-tfl_rec-norm_run-2_T1w.json")
+    assert (root / f"{ANAT}/{SUB}_{SES}_acq-tfl_rec-norm_T1w.json").read_text() == "{}\n"
+
+
+def _copy_as_new_study(source: Path, folder: Path, study_time: str) -> Path:
+    """A copy of a one-file series that claims to be another study (new UIDs) on the same date."""
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["bidsbridge test study", study_time])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["bidsbridge test series", study_time])
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["bidsbridge test instance", study_time])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyTime = study_time
+    folder.mkdir(parents=True)
+    ds.save_as(folder / "copy.dcm")
+    return folder
+
+
+def test_second_study_on_the_same_date_gets_its_own_session(xa30: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    (original_file,) = series_dir(xa30, 5).iterdir()
+    later = _copy_as_new_study(original_file, tmp_path / "later", "153000")
+    first = convert_series(series_dir(xa30, 5), root)
+    second = convert_series(later, root)
+    assert (first.session, second.session) == ("20220711", "20220711T153000")
+    assert second.outputs[1] == (f"{SUB}/ses-20220711T153000/anat/{SUB}_ses-20220711T153000_acq-tfl_T1w.nii.gz")
+    # Each study keeps its label when converted again, whatever the order.
+    assert convert_series(later, root).session == "20220711T153000"
+    assert convert_series(series_dir(xa30, 5), root).session == "20220711"
+    assert (root / f"{SUB}/ses-20220711T153000/{SUB}_ses-20220711T153000_scans.tsv").is_file()
+    assert validate(root) == []
+
+
+def test_explicit_labels_and_user_columns(xa30: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    result = convert_series(series_dir(xa30, 5), root, subject="Pilot 01", session="pre-op")
+    assert (result.subject, result.session) == ("Pilot01", "preop")
+    assert result.outputs[1] == "sub-Pilot01/ses-preop/anat/sub-Pilot01_ses-preop_acq-tfl_T1w.nii.gz"
+    # A column the user added to participants.tsv survives later publishing.
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-Pilot01\t42\n")
+    convert_series(series_dir(xa30, 6), root, subject="Pilot 01", session="pre-op")
+    convert_series(series_dir(xa30, 6), root, subject="Pilot02", session="pre-op")
+    assert (root / "participants.tsv").read_text() == "participant_id\tage\nsub-Pilot01\t42\nsub-Pilot02\tn/a\n"
+    with pytest.raises(ValueError, match="cannot be a BIDS label"):
+        convert_series(series_dir(xa30, 5), root, subject="@@")
+
+
+def test_no_staging_leftovers(xa30: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    convert_series(series_dir(xa30, 99), root)  # skipped, before dcm2niix
+    convert_series(series_dir(xa30, 13), root)  # skipped, after dcm2niix
+    assert os.listdir(root / BOOKKEEPING_DIR / "tmp") == []
+    manifests = root / BOOKKEEPING_DIR / "series"
+    assert not manifests.exists() or list(manifests.iterdir()) == []
+    assert sorted(p.name for p in root.iterdir() if p.name != BOOKKEEPING_DIR) == [
+        "README.md",
+        "dataset_description.json",
+    ]
+
+
+def test_file_names_and_layout_do_not_change_the_output(xa30: Path, xa30_dataset: Converted, tmp_path: Path) -> None:
+    """The plugin downloads instances under its own names: the published bytes must not care."""
+    folder = tmp_path / "download"
+    sources = sorted(series_dir(xa30, 7).iterdir())
+    for index, source in enumerate(reversed(sources)):
+        target = folder / f"part{index % 3}" / f"{source.stem[-12:]}-{index:03d}"  # other names, nested
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source)
+    root = tmp_path / "bids"
+    result = convert_series(folder, root)
+    assert result == xa30_dataset.by_number(7)
+    for path in result.outputs:
+        assert (root / path).read_bytes() == (xa30_dataset.root / path).read_bytes(), path
+
+
+def test_a_crashed_conversion_staging_folder_is_swept(xa30: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    stale = root / BOOKKEEPING_DIR / "tmp" / "0123abcd"
+    (stale / "dicom").mkdir(parents=True)
+    (stale / "dicom" / "000000.dcm").write_bytes(b"x")
+    fresh = root / BOOKKEEPING_DIR / "tmp" / "4567ef01"
+    fresh.mkdir()
+    old = time.time() - STALE_STAGING_SECONDS - 60
+    os.utime(stale, (old, old))
+    convert_series(series_dir(xa30, 99), root)
+    assert not stale.exists()
+    assert fresh.is_dir()  # another process may still be using it

@@ -1,0 +1,132 @@
+"""The XA30 enhanced-MR session converted with convert_tree, checked against dcm2niix's own
+reference output (``expected/``) and the BIDS validator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from converters import series_outputs
+from converters.bids.dataset import BIDS_VERSION, IDENTIFYING_KEYS
+from tests.converters.conftest import Converted
+from tests.validator import validate
+
+SUB = "sub-12343hucheng"
+SES = "ses-20220711"
+PREFIX = f"{SUB}/{SES}"
+
+#: Series number -> (expected stem in the dataset, reference name in expected/).
+PLACED = {
+    5: (f"{PREFIX}/anat/{SUB}_{SES}_acq-tfl_T1w", "5_anat-T1w_acq-tfl"),
+    6: (f"{PREFIX}/anat/{SUB}_{SES}_acq-tfl_rec-norm_T1w", "6_anat-T1w_acq-tfl"),
+    7: (f"{PREFIX}/func/{SUB}_{SES}_task-fa_run-1_bold", "7_func-bold_task-fa_run-1"),
+    10: (f"{PREFIX}/dwi/{SUB}_{SES}_dir-PA_dwi", "10_DWI_dir80_PA"),
+    17: (f"{PREFIX}/dwi/{SUB}_{SES}_dir-AP_dwi", "17_DWI_dir80_AP"),
+}
+
+#: Series that must be skipped, with a word their reason must contain.
+SKIPPED = {
+    8: "field map", 9: "field map",
+    11: "scanner-derived", 12: "scanner-derived", 13: "scanner-derived", 14: "scanner-derived",
+    16: "scanner-derived", 19: "scanner-derived", 20: "scanner-derived", 21: "scanner-derived",
+    22: "scanner-derived", 24: "scanner-derived",
+    25: "ASL", 27: "scanner-derived", 28: "scanner-derived",
+    99: "not an image",
+}  # fmt: skip
+
+
+def test_every_series_is_accounted_for(xa30: Path, xa30_dataset: Converted) -> None:
+    numbers = sorted(int(p.name.split("_")[0]) for p in (xa30 / "In").iterdir())
+    assert sorted(r.series_number for r in xa30_dataset.results) == numbers
+    assert all(r.series_uid for r in xa30_dataset.results)  # no stray non-DICOM files in the suite
+    for result in xa30_dataset.results:
+        assert result.series_number is not None
+        if result.series_number in PLACED:
+            assert result.state == "converted", result
+            assert result.reason is None
+        else:
+            assert result.state == "skipped", result
+            assert result.reason and SKIPPED[result.series_number] in result.reason, result
+            assert result.outputs == ()
+
+
+@pytest.mark.parametrize("number", sorted(PLACED))
+def test_placed_series_match_dcm2niix_reference(number: int, xa30: Path, xa30_dataset: Converted) -> None:
+    stem, reference = PLACED[number]
+    root, expected = xa30_dataset.root, xa30 / "expected"
+    result = xa30_dataset.by_number(number)
+    extensions = [".json", ".nii.gz"] + ([".bval", ".bvec"] if "_dwi" in stem else [])
+    assert result.outputs == tuple(sorted(f"{stem}{ext}" for ext in extensions))
+    assert result.subject == "12343hucheng" and result.session == "20220711"
+    assert series_outputs(root, result.series_uid) == list(result.outputs)
+
+    ours = nib.load(root / f"{stem}.nii.gz")
+    theirs = nib.load(expected / f"{reference}.nii.gz")
+    assert ours.shape == theirs.shape
+    assert np.array_equal(ours.affine, theirs.affine)
+    assert np.array_equal(np.asanyarray(ours.dataobj), np.asanyarray(theirs.dataobj))
+    for ext in extensions[2:]:
+        assert (root / f"{stem}{ext}").read_bytes() == (expected / f"{reference}{ext}").read_bytes()
+
+    sidecar = json.loads((root / f"{stem}.json").read_text())
+    reference_sidecar = json.loads((expected / f"{reference}.json").read_text())
+    for key in ("RepetitionTime", "EchoTime", "PhaseEncodingDirection", "SliceTiming", "ImageTypeText"):
+        assert sidecar.get(key) == reference_sidecar.get(key), key
+    assert not IDENTIFYING_KEYS & set(sidecar)
+
+
+def test_bold_sidecar_names_its_task(xa30_dataset: Converted) -> None:
+    sidecar = json.loads((xa30_dataset.root / f"{PLACED[7][0]}.json").read_text())
+    assert sidecar["TaskName"] == "fa"
+
+
+def test_sidecars_carry_no_patient_identifiers(xa30: Path, xa30_dataset: Converted) -> None:
+    sidecars = sorted(xa30_dataset.root.glob("sub-*/ses-*/*/*.json"))
+    assert len(sidecars) == len(PLACED)
+    for path in sidecars:
+        text = path.read_text()
+        # The PatientID is "12343@hucheng"; only the subject label (in file names) may derive from it.
+        assert "hucheng" not in text and "12343@" not in text, path
+        assert "2022-07-11" not in text and '"20220711' not in text, f"a date leaked into {path}"
+
+
+def test_dataset_level_files(xa30_dataset: Converted) -> None:
+    root = xa30_dataset.root
+    description = json.loads((root / "dataset_description.json").read_text())
+    assert description["BIDSVersion"] == BIDS_VERSION
+    assert description["DatasetType"] == "raw"
+    names = [g["Name"] for g in description["GeneratedBy"]]
+    assert names == ["bidsbridge", "dcm2niix"]
+    assert description["GeneratedBy"][1]["Version"] == "v1.0.20260724"
+    assert (root / "participants.tsv").read_text() == f"participant_id\n{SUB}\n"
+    assert "participant_id" in json.loads((root / "participants.json").read_text())
+    assert (root / "README.md").is_file()
+    scans = (root / PREFIX / f"{SUB}_{SES}_scans.tsv").read_text().splitlines()
+    assert scans[0] == "filename\tacq_time"
+    rows = dict(line.split("\t") for line in scans[1:])
+    assert rows == {
+        f"{stem.split('/', 2)[2]}.nii.gz": time
+        for stem, time in [
+            (PLACED[5][0], "2022-07-11T12:05:17.042500"),
+            (PLACED[6][0], "2022-07-11T12:05:17.042500"),
+            (PLACED[7][0], "2022-07-11T12:09:05.225000"),
+            (PLACED[10][0], "2022-07-11T12:11:19.757500"),
+            (PLACED[17][0], "2022-07-11T12:12:51.665000"),
+        ]
+    }
+    assert list(rows) == sorted(rows)
+    # Only the placed series' files exist outside the bookkeeping folder.
+    published = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".bidsbridge" not in p.parts}
+    owned = {path for r in xa30_dataset.results for path in r.outputs}
+    assert published - owned == {
+        "README.md", "dataset_description.json", "participants.json", "participants.tsv",
+        f"{PREFIX}/{SUB}_{SES}_scans.tsv",
+    }  # fmt: skip
+
+
+def test_bids_validator_reports_no_error(xa30_dataset: Converted) -> None:
+    assert validate(xa30_dataset.root) == []
