@@ -291,9 +291,10 @@ def rule_unplaceable_kinds(facts: SeriesFacts) -> Classification | None:
     """Kinds recognised from headers that need information this version does not collect."""
     types = facts.image_types
     guess = facts.bids_guess
-    if "FMRI" in types:
+    if "FMRI" in types or (guess is not None and guess[0] == "func"):
         return Skip(
-            "BOLD fMRI without a task label; name the protocol func-bold_task-<label> or add an override",
+            "looks like fMRI but has no task label (never guessed); "
+            "name the protocol func-bold_task-<label> or add an override",
             "fmri-without-task",
         )
     if guess is not None and guess[0] == "fmap":

@@ -89,7 +89,10 @@ def _image(out: Path, nifti: Path, output: str, source: Path) -> ConvertedImage:
         raise ConversionError(f"dcm2niix wrote an unreadable sidecar {sidecar.name} for {source}: {exc}") from exc
     bval = out / f"{OUTPUT_NAME}{postfix}.bval"
     bvec = out / f"{OUTPUT_NAME}{postfix}.bvec"
-    header = nib.load(nifti)
+    try:
+        header = nib.load(nifti)
+    except Exception as exc:  # nibabel raises several types for unreadable images
+        raise ConversionError(f"dcm2niix wrote an unreadable image {nifti.name} for {source}: {exc}") from exc
     if not isinstance(header, nib.Nifti1Image):
         raise ConversionError(f"dcm2niix wrote {nifti.name} for {source}, which is not a NIfTI-1 image")
     return ConvertedImage(
@@ -116,8 +119,11 @@ def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = 
     where = source if source is not None else Path(os.path.commonpath([str(f) for f in files]))
     stage = workdir / "dicom"
     out = workdir / "nifti"
-    _stage(files, stage)
-    out.mkdir(parents=True)
+    try:
+        _stage(files, stage)
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise ConversionError(f"cannot stage the DICOM files of {where} for dcm2niix: {exc}") from exc
     command = [
         str(dcm2niix_binary()), "-g", "i", "-b", "y", "-ba", "y", "-z", "i",
         "-f", OUTPUT_NAME, "-o", str(out), str(stage),
@@ -147,6 +153,6 @@ def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = 
     if unexpected:
         raise ConversionError(f"dcm2niix wrote files bidsbridge does not understand for {where}: {unexpected}")
     converted = sum(int(n) for n in _CONVERTED.findall(output))
-    if converted != len(files):
+    if converted < len(files):  # (one enhanced file may feed several outputs, hence "<")
         logger.warning("dcm2niix used %d of the %d DICOM files of %s:\n%s", converted, len(files), where, output)
     return images

@@ -328,7 +328,7 @@ def discover(root: Path) -> Inventory:
         )
     )
     for item in foreign:
-        logger.warning("ignoring %s", item.describe())
+        logger.info("ignoring %s", item.describe())
     for item in unattributed:
         logger.warning("damaged file outside any series: %s", item.describe())
     return Inventory(series=tuple(series), unattributed=tuple(unattributed), foreign=tuple(foreign))

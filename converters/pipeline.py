@@ -115,7 +115,10 @@ def _convert_discovered(
                 if isinstance(placements, Skip):
                     decision = placements
                 else:
-                    staged = _stage(staging, placements)
+                    try:
+                        staged = _stage(staging, placements)
+                    except OSError as exc:
+                        raise DatasetError(f"cannot stage the outputs of {_name(series)} in {root}: {exc}") from exc
         published = publish(
             root,
             PublishRequest(series=series, subject=subject_label, session=session_label, images=staged),

@@ -137,3 +137,13 @@ def test_place_names_echoes_and_refuses_unknown_splits() -> None:
     assert isinstance(refused, Skip) and "_i00002" in refused.reason
     dwi_echoes = place(SeriesFacts(_series(), echoes), BidsTarget("dwi", "dwi"))
     assert isinstance(dwi_echoes, Skip) and "echoes" in dwi_echoes.reason
+
+
+def test_fmri_without_a_task_is_skipped_with_advice() -> None:
+    facts = SeriesFacts(
+        _series(series_description="ep2d_bold", image_type=("ORIGINAL", "PRIMARY", "M", "MOSAIC")),
+        (_image("j-", BidsGuess=["func", "_acq-epfid2_dir-AP_run-4_bold"]),),
+    )
+    decision = classify(facts)
+    assert isinstance(decision, Skip)
+    assert "no task label" in decision.reason and "func-bold_task-<label>" in decision.reason
