@@ -374,34 +374,38 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
             mine = set(previous.outputs) if previous else set()
             others = {p for m in manifests.values() if m.series_uid != uid for p in m.outputs}
             named = _name_images(root, request, session, mine, others)
-
-            outputs: set[str] = set()
-            scans: list[tuple[str, str]] = []
+            outputs = {path for _image, _target, paths in named for path in paths.values()}
             folder, _ = session_prefix(request.subject, session)
+            scans = sorted(
+                (paths[".nii.gz"][len(folder) + 1 :], request.series.acquisition_time) for _i, _t, paths in named
+            )
+            manifest = SeriesManifest(
+                series_uid=uid,
+                study_uid=request.series.study_uid,
+                subject=request.subject,
+                session=session,
+                series_number=request.series.series_number,
+                series_description=request.series.series_description,
+                outputs=tuple(sorted(outputs)),
+                scans=tuple(scans),
+            )
+            path = manifest_path(root, uid)
+            if outputs - mine:
+                # Claim the new names before the first rename: if this process dies half-way, the
+                # next publish of the series finds them owned by it (not by a stranger) and
+                # replaces or removes them instead of moving to run-2.
+                claim = replace(manifest, outputs=tuple(sorted(outputs | mine)))
+                _write_text(path, dump_json(claim.to_json()))
             for image, _target, paths in named:
                 for ext in sorted(paths, key=_EXTENSION_ORDER.index):
                     destination = root / paths[ext]
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(image.files[ext], destination)
-                    outputs.add(paths[ext])
-                nifti = paths[".nii.gz"]
-                scans.append((nifti[len(folder) + 1 :], request.series.acquisition_time))
             for stale in sorted(mine - outputs):
                 (root / stale).unlink(missing_ok=True)
                 _remove_empty_parents(root, root / stale)
 
-            path = manifest_path(root, uid)
             if outputs:
-                manifest = SeriesManifest(
-                    series_uid=uid,
-                    study_uid=request.series.study_uid,
-                    subject=request.subject,
-                    session=session,
-                    series_number=request.series.series_number,
-                    series_description=request.series.series_description,
-                    outputs=tuple(sorted(outputs)),
-                    scans=tuple(sorted(scans)),
-                )
                 _write_text(path, dump_json(manifest.to_json()))
                 manifests[uid] = manifest
             elif previous is not None:

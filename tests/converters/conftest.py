@@ -5,34 +5,18 @@ The ``corpus`` fixture (``<repo>/../shared/corpus``) comes from ``tests/conftest
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from converters import SeriesResult, convert_tree
-
-
-@dataclass(frozen=True)
-class Converted:
-    root: Path
-    results: list[SeriesResult]
-
-    def by_number(self, number: int) -> SeriesResult:
-        (found,) = [r for r in self.results if r.series_number == number]
-        return found
+from converters import convert_tree
+from tests.converters.helpers import Converted
 
 
 @pytest.fixture(scope="session")
 def xa30(corpus: Path) -> Path:
     """The XA30 suite folder (``In/`` and ``expected/``)."""
     return corpus / "dcm_qa_xa30"
-
-
-def series_dir(xa30: Path, number: int) -> Path:
-    """``In/<number>_*`` of the XA30 suite."""
-    (found,) = (xa30 / "In").glob(f"{number}_*")
-    return found
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from converters.cli import main, register
-from tests.converters.conftest import series_dir
+from tests.converters.helpers import series_dir
 
 
 def _tree(xa30: Path, tmp_path: Path, numbers: list[int]) -> Path:

@@ -19,7 +19,7 @@ from converters.bids.publish import (
     publish,
 )
 from converters.records import BidsTarget, DicomSeries
-from tests.converters.conftest import Converted
+from tests.converters.helpers import Converted
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from converters import DicomInputError, convert_series, convert_tree, series_outputs
-from tests.converters.conftest import series_dir
+from tests.converters.helpers import series_dir
 
 
 def _link_series(source: Path, folder: Path) -> list[Path]:

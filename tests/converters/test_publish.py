@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from converters import Override, convert_series, series_outputs
 from converters.bids.publish import BOOKKEEPING_DIR, STALE_STAGING_SECONDS, manifest_path
-from tests.converters.conftest import Converted, series_dir
+from tests.converters.helpers import Converted, series_dir
 from tests.validator import validate
 
 SUB = "sub-12343hucheng"

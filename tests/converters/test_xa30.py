@@ -12,7 +12,7 @@ import pytest
 
 from converters import series_outputs
 from converters.bids.dataset import BIDS_VERSION, IDENTIFYING_KEYS
-from tests.converters.conftest import Converted
+from tests.converters.helpers import Converted
 from tests.validator import validate
 
 SUB = "sub-12343hucheng"
