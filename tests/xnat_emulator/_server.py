@@ -32,7 +32,7 @@ from ._faults import FaultDecision, FaultInjector, FaultKind, FaultPlan
 from ._model import Archive, FileRecord, Inventory, Project
 from ._routes import normalise_path, parse_archive_path
 from ._schema import DataModel
-from ._site_api import ANONYMOUS_PATHS, SiteApi
+from ._site_api import ANONYMOUS_REQUESTS, SiteApi
 from ._wire import ApiRequest, ApiResponse, error
 
 logger = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ class XnatEmulator:
         refusal, new_session = self._authenticate(request)
         if refusal is not None:
             return refusal
-        if request.user is None and request.path not in ANONYMOUS_PATHS:
+        if request.user is None and (request.method, request.path) not in ANONYMOUS_REQUESTS:
             return error(401, "Authentication required")
         response = self._site.handle(request)
         if response is None:

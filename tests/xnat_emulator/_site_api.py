@@ -19,8 +19,11 @@ from ._wire import ApiRequest, ApiResponse, error, json_response, result_set, te
 
 logger = logging.getLogger(__name__)
 
-#: Paths a client may call without credentials (everything else answers 401 to anonymous requests).
-ANONYMOUS_PATHS = frozenset({"/", "/data/services/auth"})
+#: Requests a client may make without credentials (everything else answers 401 to anonymous requests).
+#: Logging out (``DELETE /data/JSESSION``) is allowed with an expired session, so it is idempotent.
+ANONYMOUS_REQUESTS = frozenset(
+    {("GET", "/"), ("PUT", "/data/services/auth"), ("POST", "/data/services/auth"), ("DELETE", "/data/JSESSION")}
+)
 
 
 class SiteApi:
