@@ -440,6 +440,8 @@ class _HttpServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    #: Headers and body go out in separate writes; without TCP_NODELAY each answer waits for a delayed ACK.
+    disable_nagle_algorithm = True
     server_version = "Apache-Coyote/1.1"
     sys_version = ""
     server: _HttpServer
