@@ -599,8 +599,11 @@ class ArchiveApi:
         return f"/data/projects/{found.project.project_id}/resources/{rid}"
 
     def _zip_prefix(self, found: _Found, resource: Resource) -> str:
+        """Folders of a zip download, as XNAT lays them out: ``ses/scans/1-T1w/resources/NIFTI/files``."""
         if found.scan is not None and found.experiment is not None:
-            return f"{found.experiment.label}/scans/{found.scan.scan_id}/resources/{resource.label}/files"
+            scan_type = re.sub(r"[^A-Za-z0-9_-]", "_", found.scan.fields.get("type", ""))
+            scan_folder = f"{found.scan.scan_id}-{scan_type}" if scan_type else found.scan.scan_id
+            return f"{found.experiment.label}/scans/{scan_folder}/resources/{resource.label}/files"
         owner_label = (
             found.experiment.label
             if found.experiment is not None

@@ -169,6 +169,22 @@ class Archive:
             if (project is None or e.project == project) and (subject is None or e.subject_id == subject.subject_id)
         ]
 
+    def resources_at(
+        self, project_id: str, subject: str | None, experiment: str | None, scan: str | None
+    ) -> dict[str, Resource] | None:
+        """The resources of the object named by labels (or IDs), ``None`` when it does not exist."""
+        project = self.projects.get(project_id)
+        if project is None or subject is None:
+            return project.resources if project is not None else None
+        found_subject = self.find_subject(project_id, subject)
+        if found_subject is None or experiment is None:
+            return found_subject.resources if found_subject is not None else None
+        found_experiment = self.find_experiment(project_id, found_subject, experiment)
+        if found_experiment is None or scan is None:
+            return found_experiment.resources if found_experiment is not None else None
+        found_scan = found_experiment.scans.get(scan)
+        return found_scan.resources if found_scan is not None else None
+
     # -- removal -----------------------------------------------------------------------------------
     def remove_experiment(self, experiment: Experiment) -> None:
         del self.experiments[experiment.experiment_id]

@@ -259,30 +259,11 @@ class XnatEmulator:
     def file_data(self, record: FileRecord) -> bytes:
         """The stored bytes of a file listed by :meth:`inventory`."""
         with self.archive.lock:
-            for resource in self._resources_at(record):
-                if resource.label == record.resource and record.path in resource.files:
-                    return resource.files[record.path].data
+            owner = self.archive.resources_at(record.project, record.subject, record.experiment, record.scan)
+            resource = owner.get(record.resource) if owner is not None else None
+            if resource is not None and record.path in resource.files:
+                return resource.files[record.path].data
         raise KeyError(f"no stored file {record}")
-
-    def _resources_at(self, record: FileRecord) -> list[Any]:
-        archive = self.archive
-        project = archive.projects.get(record.project)
-        if project is None:
-            return []
-        if record.subject is None:
-            return list(project.resources.values())
-        subject = archive.find_subject(record.project, record.subject)
-        if subject is None:
-            return []
-        if record.experiment is None:
-            return list(subject.resources.values())
-        experiment = archive.find_experiment(record.project, subject, record.experiment)
-        if experiment is None:
-            return []
-        if record.scan is None:
-            return list(experiment.resources.values())
-        scan = experiment.scans.get(record.scan)
-        return list(scan.resources.values()) if scan is not None else []
 
     @property
     def requests(self) -> list[RequestRecord]:

@@ -231,10 +231,10 @@ class SiteApi:
                 }
             )
         if len(parts) == 3 and parts[0] == "validate" and request.method == "GET":
-            token = self.accounts.token(parts[1], parts[2])
-            if token is None:
+            valid = self.accounts.token(parts[1], parts[2])
+            if valid is None:
                 return error(404, "Invalid token")
-            return json_response({"valid": token.login})
+            return json_response({"valid": valid.login})
         if len(parts) == 3 and parts[0] == "invalidate" and request.method in ("GET", "DELETE"):
             if not self.accounts.invalidate_token(parts[1], parts[2]):
                 return error(404, "Invalid token")

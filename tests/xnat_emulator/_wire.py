@@ -143,7 +143,7 @@ def uploaded_parts(request: ApiRequest) -> list[UploadedPart]:
     envelope = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + request.body
     message = BytesParser(policy=HTTP).parsebytes(envelope)
     parts: list[UploadedPart] = []
-    for part in message.iter_parts():  # type: ignore[attr-defined]
+    for part in message.iter_parts():
         payload = part.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else b""
         parts.append(UploadedPart(part.get_filename(), data))

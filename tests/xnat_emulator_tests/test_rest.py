@@ -229,8 +229,8 @@ def test_downloads_head_and_resource_zip(emulator: XnatEmulator, http: requests.
     with zipfile.ZipFile(io.BytesIO(archive.content)) as bundle:
         names = sorted(bundle.namelist())
         assert names == [
-            "ses-01/scans/1/resources/NIFTI/files/a.nii.gz",
-            "ses-01/scans/1/resources/NIFTI/files/sub/b.json",
+            "ses-01/scans/1-T1w/resources/NIFTI/files/a.nii.gz",
+            "ses-01/scans/1-T1w/resources/NIFTI/files/sub/b.json",
         ]
         assert bundle.read(names[0]) == payload
 
