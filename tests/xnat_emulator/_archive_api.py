@@ -537,6 +537,7 @@ class ArchiveApi:
         if not self.model.is_scan_type(xsi_type):
             return error(400, f"Invalid xsiType {xsi_type} for a scan (unknown or abstract data type)")
         scan = Scan(where.scan, xsi_type, experiment.experiment_id, self.archive.new_scan_row())
+        scan.fields["quality"] = "usable"  # XNAT's default scan quality
         self._apply(scan.fields, fields)
         experiment.scans[scan.scan_id] = scan
         logger.info("created %s %s in %s", xsi_type, scan.scan_id, experiment.experiment_id)

@@ -482,9 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, OSError) as exc:
             logger.info("unreadable request body: %s", exc)
             self.close_connection = True
-            with contextlib.suppress(OSError):
-                self._send(error(400, "Unreadable request body"), head_only=False)
-            record(400)
+            self._answer(error(400, "Unreadable request body"), method, record)
             return
         if kind is FaultKind.TIMEOUT and decision is not None:
             self._stall(decision.timeout_seconds, record)
@@ -516,23 +514,27 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._answer(response, method, record)
 
+    # The request is logged *before* the client can see the outcome, so a test that asserts on the log
+    # right after its request returned (or failed) finds the record there.
     def _answer(self, response: ApiResponse, method: str, record: _Recorder) -> None:
+        record(response.status)
         try:
             self._send(response, head_only=method == "HEAD")
         except OSError as exc:
             logger.debug("client went away before the answer: %s", exc)
             self.close_connection = True
-        record(response.status)
 
-    def _hang_up(self, record: _Recorder) -> None:
+    def _hang_up(self, record: _Recorder | None) -> None:
+        if record is not None:
+            record(None)
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        record(None)
 
     def _stall(self, seconds: float, record: _Recorder) -> None:
+        record(None)
         self.server.emulator._wait(seconds)
-        self._hang_up(record)
+        self._hang_up(None)
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
