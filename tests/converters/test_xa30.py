@@ -3,7 +3,9 @@ reference output (``expected/``) and the BIDS validator."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -130,3 +132,12 @@ def test_dataset_level_files(xa30_dataset: Converted) -> None:
 
 def test_bids_validator_reports_no_error(xa30_dataset: Converted) -> None:
     assert validate(xa30_dataset.root) == []
+
+
+def test_bids_version_is_the_validators() -> None:
+    """BIDS_VERSION must follow the schema bundled with the pinned bids-validator-deno."""
+    spec = importlib.util.find_spec("bids_validator_deno")
+    assert spec is not None and spec.origin is not None
+    bundle = (Path(spec.origin).parent / "bids-validator.js").read_text(encoding="utf-8")
+    versions = set(re.findall(r'\bbids_version: "([0-9.]+)"', bundle))
+    assert versions == {BIDS_VERSION}
