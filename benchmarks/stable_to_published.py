@@ -78,7 +78,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'series':28} {'files':>5} {'state':8} {'STABLE->published s':>20} {'dcm2niix alone s':>17} {'ratio':>6}")
+        header = ("series", "files", "state", "STABLE->published s", "dcm2niix alone s", "ratio")
+        print(f"{header[0]:28} {header[1]:>5} {header[2]:8} {header[3]:>20} {header[4]:>17} {header[5]:>6}")
         for row in rows:
             print(f"{row['series']:28} {row['files']:>5} {row['state']:8} {row['stable_to_published_s']:>20.3f}"
                   f" {row['dcm2niix_alone_s']:>17.3f} {row['overhead_ratio']:>6.2f}")
