@@ -26,10 +26,11 @@ from ._model import (
     SubjectRecord,
 )
 from ._schema import DEFAULT_XSD_PATH, SchemaNotFoundError
-from ._server import RequestRecord, XnatEmulator
+from ._server import EmulatorBugError, RequestRecord, XnatEmulator
 
 __all__ = [
     "DEFAULT_XSD_PATH",
+    "EmulatorBugError",
     "ExperimentRecord",
     "FaultKind",
     "FaultPlan",

@@ -40,6 +40,17 @@ logger = logging.getLogger(__name__)
 _ROLES = ("owner", "member", "collaborator")
 
 
+class EmulatorBugError(RuntimeError):
+    """The emulator failed on some requests (answered 500): a bug in the emulator, not an injected fault."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__(
+            f"the XNAT emulator failed on {len(errors)} request(s), first: {errors[0]!r}; "
+            "see the log of tests.xnat_emulator for tracebacks"
+        )
+        self.errors = errors
+
+
 @dataclass(frozen=True)
 class RequestRecord:
     """One request as the emulator saw it. ``status`` is ``None`` when no answer was sent."""
@@ -100,6 +111,7 @@ class XnatEmulator:
         self._thread: threading.Thread | None = None
         self._reconnect_timer: threading.Timer | None = None
         self._started = False
+        self._internal_errors: list[Exception] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> XnatEmulator:
@@ -124,8 +136,15 @@ class XnatEmulator:
     def __enter__(self) -> XnatEmulator:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self.stop()
+        if exc_type is None and self._internal_errors:
+            raise EmulatorBugError(self._internal_errors)
+
+    @property
+    def internal_errors(self) -> list[Exception]:
+        """Exceptions the emulator itself raised while handling requests (each was answered with 500)."""
+        return list(self._internal_errors)
 
     @property
     def port(self) -> int:
@@ -499,8 +518,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         try:
             response = emulator._dispatch(request)
-        except Exception:
+        except Exception as exc:  # an emulator bug: answer 500, and fail the test when the emulator stops
             logger.exception("emulator failed on %s %s", method, self.path)
+            emulator._internal_errors.append(exc)
             response = error(500, "Internal emulator error")
         login = request.user.login if request.user is not None else None
         if kind is not None and kind.after_write and decision is not None:

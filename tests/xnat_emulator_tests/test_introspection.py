@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 import requests
 
-from tests.xnat_emulator import FileRecord, XnatEmulator
+from tests.xnat_emulator import EmulatorBugError, FileRecord, XnatEmulator
 
-from .conftest import Connect
+from .conftest import USERS, Connect
 
 
 def test_inventory_lists_every_level_with_sizes_and_md5(emulator: XnatEmulator, http: requests.Session) -> None:
@@ -76,3 +77,15 @@ def test_xnat_py_download_dir_unpacks_the_resource_zip(
     assert (files / "dwi.bval").read_bytes() == b"bvals"
     assert (files / "nested" / "dwi.nii.gz").read_bytes() == b"image"
     assert emulator.count_requests("GET", r"/resources/NIFTI/files$", status=200) == 1
+
+
+def test_emulator_bugs_fail_the_test_instead_of_passing_as_injected_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: object) -> None:
+        raise RuntimeError("bug in a route")
+
+    server = XnatEmulator(users=USERS)
+    with pytest.raises(EmulatorBugError) as raised, server:
+        monkeypatch.setattr(server._archive_api, "handle", broken)
+        answer = requests.get(f"{server.url}/data/projects", auth=("admin", USERS["admin"]))
+        assert answer.status_code == 500
+    assert [str(e) for e in raised.value.errors] == ["bug in a route"]
