@@ -9,8 +9,9 @@ The computation, step by step (each step is what :func:`compute_adc` does, in or
    has no standard b-value are the vendor fields read (Siemens (0019,xx0C)/(0019,xx0E), GE
    (0043,xx39)/(0019,xxBB-BD), Philips (2001,xx03)/(2005,xxB0-B2)).
 2. **4D volume.** Frames are placed on the series grid (:mod:`converters.derived.geometry`);
-   at every slice they are sorted by (b-value, direction, acquisition order) and the n-th frame
-   of every slice forms volume n, which must carry one b-value at every slice.
+   the n-th frame (in acquisition order) of every slice forms volume n, as dcm2niix orders them.
+   Should that mix b-values within a volume, each slice's frames are sorted by (b-value,
+   direction, acquisition order) instead; a volume must carry one b-value at every slice.
 3. **Shells.** b-values within max(10 s/mm², 2 %) of each other form one shell whose nominal
    b-value is their mean. The lowest shell must have b ≤ ``b0_max`` (default 50 s/mm²) and at
    least one shell must lie above it.
@@ -82,7 +83,7 @@ class DiffusionEncoding:
     origin: str
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class AdcResult:
     """An ADC map with everything needed to encode it and to explain it."""
 
@@ -105,6 +106,12 @@ class AdcResult:
     dwi: npt.NDArray[np.float32]
     #: Encoding of each volume of :attr:`dwi`.
     encodings: tuple[DiffusionEncoding, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"AdcResult({self.series.name}, {self.geometry.describe()}, b-values {self.bvalues}, "
+            f"{self.method}, {int(self.mask.sum())} voxels in the mask)"
+        )
 
     @property
     def source_datasets(self) -> tuple[Dataset, ...]:
@@ -254,27 +261,39 @@ def _assemble(series: ImageSeries) -> tuple[npt.NDArray[np.float64], list[Diffus
         )
     known = [e for e in encodings if e is not None]
     n_slices = series.geometry.shape[0]
+    n_volumes = series.frames_per_slice
     per_slice: list[list[int]] = [[] for _ in range(n_slices)]
     for index, frame in enumerate(series.frames):
         per_slice[frame.slice_index].append(index)
-    for members in per_slice:
-        members.sort(key=lambda i: (known[i].bvalue, _direction_key(known[i]), series.frames[i].order))
-    n_volumes = series.frames_per_slice
+
+    def consistent(groups: list[list[int]]) -> bool:
+        for v in range(n_volumes):
+            bvals = [known[groups[k][v]].bvalue for k in range(n_slices)]
+            if max(bvals) - min(bvals) > max(_SHELL_TOLERANCE_ABS, _SHELL_TOLERANCE_REL * max(bvals)):
+                return False
+        return True
+
+    # Acquisition order first (as dcm2niix orders volumes); if that mixes b-values within a
+    # volume, order each slice's frames by encoding instead.
+    by_acquisition = [sorted(members, key=lambda i: series.frames[i].order) for members in per_slice]
+    by_encoding = [
+        sorted(members, key=lambda i: (known[i].bvalue, _direction_key(known[i]), series.frames[i].order))
+        for members in per_slice
+    ]
+    groups = by_acquisition if consistent(by_acquisition) else by_encoding
+    if groups is by_encoding and not consistent(by_encoding):
+        raise DiffusionInfoError(
+            f"{series.name}: the frames cannot be grouped into volumes of one b-value each "
+            "(slices carry different sets of b-values)",
+            series.paths[0],
+        )
     pixels = series.pixels()
     volumes = np.empty((n_volumes, *series.geometry.shape), dtype=np.float64)
     volume_encodings: list[DiffusionEncoding] = []
     for v in range(n_volumes):
-        members = [per_slice[k][v] for k in range(n_slices)]
-        bvals = np.array([known[i].bvalue for i in members])
-        if np.ptp(bvals) > max(_SHELL_TOLERANCE_ABS, _SHELL_TOLERANCE_REL * float(bvals.max())):
-            raise DiffusionInfoError(
-                f"{series.name}: the frames cannot be grouped into volumes of one b-value each "
-                f"(b from {bvals.min():g} to {bvals.max():g} s/mm² across the slices of volume {v + 1})",
-                series.paths[0],
-            )
-        for k, i in enumerate(members):
-            volumes[v, k] = pixels[i]
-        volume_encodings.append(known[members[0]])
+        for k in range(n_slices):
+            volumes[v, k] = pixels[groups[k][v]]
+        volume_encodings.append(known[groups[0][v]])
     return volumes, volume_encodings
 
 

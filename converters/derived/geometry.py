@@ -310,7 +310,8 @@ def _match_axes(
         problems.append(f"voxel size {_fmt_mm(own_size)} mm ≠ source {_fmt_mm(target_size)} mm")
     permuted_shape = tuple(shape[b] for b in source)
     if permuted_shape != target_shape:
-        problems.append(f"shape {_fmt_shape(shape)} ≠ source {_fmt_shape(target_shape)}")
+        reordered = "" if source == (0, 1, 2) else f" ({_fmt_shape(permuted_shape)} in the source's axis order)"
+        problems.append(f"shape {_fmt_shape(shape)}{reordered} ≠ source {_fmt_shape(target_shape)}")
     if problems:
         return None, problems
 

@@ -133,7 +133,7 @@ def _code(obj: Any, where: str) -> Code:
 
 
 def _color(obj: Any, where: str) -> tuple[int, int, int] | None:
-    if obj is None or obj in {"", "n/a"}:
+    if obj is None or (isinstance(obj, str) and obj.strip() in {"", "n/a"}):
         return None
     if isinstance(obj, str) and (match := _COLOR.match(obj.strip())):
         hexa = match.group(1)

@@ -167,7 +167,7 @@ def encode_parametric_map(
     return pm
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class ParametricMapData:
     """A Parametric Map read back: real-world values on their grid."""
 
@@ -179,6 +179,10 @@ class ParametricMapData:
     #: Source image diffusion b-values recorded in the Quantity Definition Sequence (s/mm²).
     bvalues: tuple[float, ...]
     dataset: Dataset
+
+    def __repr__(self) -> str:
+        quantity = self.quantity.meaning if self.quantity else "?"
+        return f"ParametricMapData({quantity} in {self.unit.value}, {self.geometry.describe()})"
 
 
 def _code_of(item: Dataset) -> Code:

@@ -176,7 +176,7 @@ def encode_mask_segmentation(
     )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class SegmentationData:
     """A Segmentation read back as a label volume."""
 
@@ -190,6 +190,10 @@ class SegmentationData:
     #: Series Instance UID of the series the segmentation was drawn on (first one referenced).
     source_series_uid: str | None
     dataset: Dataset
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{label.value}={label.name}" for label in self.table.labels)
+        return f"SegmentationData({names}; {self.geometry.describe()})"
 
 
 def _segments(ds: Dataset) -> tuple[LabelTable, dict[int, int]]:

@@ -57,7 +57,7 @@ def series_name(ds: Dataset) -> str:
     return f'{label} "{description}"' if description else label
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SeriesFrame:
     """One 2D frame of a series."""
 
@@ -73,8 +73,11 @@ class SeriesFrame:
     #: Acquisition order within the series (Instance Number, Temporal Position Index, frame).
     order: tuple[int, int, int, int]
 
+    def __repr__(self) -> str:
+        return f"SeriesFrame(instance={self.instance}, frame={self.frame_number}, slice={self.slice_index})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class ImageSeries:
     """The instances of one image series and its frames on one regular grid."""
 
@@ -85,6 +88,12 @@ class ImageSeries:
     geometry: SeriesGeometry
     #: For messages, e.g. ``series 10 "DWI_dir80_PA"``.
     name: str
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageSeries({self.name}, {len(self.datasets)} instances, {len(self.frames)} frames, "
+            f"{self.geometry.describe()})"
+        )
 
     @property
     def series_instance_uid(self) -> str:
