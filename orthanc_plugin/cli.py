@@ -86,13 +86,18 @@ def _wait_for_jobs(url: str, series_count: int, timeout: float) -> list[dict[str
 
 def _demo(args: argparse.Namespace) -> int:
     from pydicom import dcmread  # noqa: PLC0415
+    from pydicom.errors import InvalidDicomError  # noqa: PLC0415
 
     from .dicom_send import send_files  # noqa: PLC0415
     from .embedded import ORTHANC_AET, OrthancSetupError, free_port  # noqa: PLC0415
 
-    data = args.data
-    files = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ""))
-    series = {str(dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in files}
+    files, series = [], set()
+    for path in sorted(p for p in args.data.rglob("*") if p.is_file()):
+        try:
+            series.add(str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID))
+        except (InvalidDicomError, AttributeError, OSError):
+            continue  # README, LICENSE, ...
+        files.append(path)
     for attr in ("http_port", "dicom_port"):
         try:
             import socket  # noqa: PLC0415
