@@ -40,7 +40,7 @@ from converters.derived.seg import (
     encode_segmentation,
     read_segmentation,
 )
-from converters.derived.series import ImageSeries, read_image_series
+from converters.derived.series import ImageSeries, read_image_series, series_from_datasets
 from converters.derived.sr import SegmentMeasurement, encode_measurement_sr, measure_segments
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -80,6 +80,7 @@ __all__ = [
     "read_nifti_labels",
     "read_parametric_map",
     "read_segmentation",
+    "series_from_datasets",
     "write_nifti",
     "write_nifti_labels",
     "write_nifti_map",

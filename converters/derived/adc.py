@@ -134,15 +134,25 @@ class AdcResult:
         )
 
 
+def _from_bytes(value: bytes) -> list[float] | None:
+    """Numbers of a value pydicom left as bytes (VR UN): decimal text first, else little-endian floats."""
+    texts = value.decode("latin-1").strip("\x00 ").split("\\")
+    try:
+        return [float(t) for t in texts]
+    except ValueError:
+        pass
+    for size, dtype in ((8, "<f8"), (4, "<f4")):
+        if len(value) in (size, 3 * size):
+            return [float(v) for v in np.frombuffer(value, dtype=dtype)]
+    return None
+
+
 def _number(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bytes):
-        text = value.decode("latin-1").strip("\x00 ").split("\\")[0]
-        try:
-            return float(text)
-        except ValueError:
-            return None
+        numbers = _from_bytes(value)
+        return numbers[0] if numbers else None
     if isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and not isinstance(value, str)):
         seq = list(value)  # type: ignore[call-overload]
         return _number(seq[0]) if seq else None
@@ -155,11 +165,9 @@ def _number(value: object) -> float | None:
 def _vector(value: object) -> tuple[float, float, float] | None:
     if value is None:
         return None
+    parts: list[object]
     if isinstance(value, bytes):
-        text = value.decode("latin-1").strip("\x00 ")
-        parts: list[object] = list(text.split("\\"))
-        if len(parts) == 1 and len(value) == 24:  # FD x 3 read as UN
-            parts = list(np.frombuffer(value, dtype="<f8"))
+        parts = list(_from_bytes(value) or [])
     else:
         try:
             parts = list(value)  # type: ignore[call-overload]

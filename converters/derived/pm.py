@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr import _snomed_dict
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import ParametricMapStorage
+from pydicom.uid import ExplicitVRLittleEndian, ParametricMapStorage
 
 from converters.derived import _provenance
 from converters.derived._spatial import highdicom_spatial, quiet_highdicom
@@ -106,11 +106,14 @@ def encode_parametric_map(
     *,
     series_number: int | None = None,
     series_description: str | None = None,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> hd.pm.ParametricMap:
     """Encode an ADC map as a Parametric Map in its source's study and Frame of Reference.
 
     UIDs are derived from the source series and the map's content, so encoding the same result
     twice gives the same instance. ``series_number`` defaults to 1000 + the source's.
+    ``transfer_syntax_uid``: Explicit (default) or Implicit VR Little Endian (float pixels cannot
+    be compressed).
     """
     series = result.series
     first = series.datasets[0]
@@ -139,10 +142,11 @@ def encode_parametric_map(
             source_images=sources,
             further_source_images=further,
             pixel_array=result.adc,
-            series_instance_uid=_provenance.derived_uid("pm-series", series.series_instance_uid),
+            series_instance_uid=_provenance.derived_uid("pm-series", series.series_instance_uid, content),
             series_number=series_number if series_number is not None else _provenance.series_number("pm", first),
             sop_instance_uid=_provenance.derived_uid("pm-instance", series.series_instance_uid, content),
             instance_number=1,
+            transfer_syntax_uid=transfer_syntax_uid,
             manufacturer=_provenance.MANUFACTURER,
             manufacturer_model_name=_provenance.MODEL_NAME,
             software_versions=_provenance.software_version(),
@@ -183,6 +187,11 @@ class ParametricMapData:
     def __repr__(self) -> str:
         quantity = self.quantity.meaning if self.quantity else "?"
         return f"ParametricMapData({quantity} in {self.unit.value}, {self.geometry.describe()})"
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> ParametricMapData:
+        """Read a Parametric Map dataset; :func:`read_parametric_map` also takes a path."""
+        return read_parametric_map(dataset)
 
 
 def _code_of(item: Dataset) -> Code:

@@ -25,6 +25,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian
 
 from converters.derived import _provenance
 from converters.derived._spatial import frame_positions, highdicom_spatial, quiet_highdicom, slice_of_position
@@ -89,20 +90,51 @@ def encode_segmentation(
     algorithm: str | None = None,
     series_number: int | None = None,
     series_description: str | None = None,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
     what: str = "label map",
-    kind: str = "seg",
 ) -> hd.seg.Segmentation:
     """Encode a label volume (slice, row, column) on ``source``'s grid as a Segmentation.
+
+    UIDs are derived from the source series and the content, so encoding the same labels twice
+    gives the same instance. ``series_number`` defaults to 3000 + the source's.
 
     :param table: names and codes of the label values; values missing from it are an error,
         labels absent from the volume are left out. Default: ``label <value>`` with generic codes.
     :param algorithm: the name of the algorithm that produced the labels (segments AUTOMATIC);
         None records them as MANUAL.
+    :param transfer_syntax_uid: any highdicom supports for the type (e.g. Implicit VR, RLE).
     :param what: names the label volume in messages.
     :raises GeometryMismatchError: the volume's shape is not the source grid's.
     :raises EmptyMaskError: no voxel carries a label.
     :raises LabelTableError: a value of the volume is not in ``table``; negative values.
     """
+    return _encode(
+        labels,
+        source,
+        table,
+        segmentation_type=segmentation_type,
+        algorithm=algorithm,
+        series_number=series_number,
+        series_description=series_description,
+        transfer_syntax_uid=transfer_syntax_uid,
+        what=what,
+        kind="seg",
+    )
+
+
+def _encode(
+    labels: npt.NDArray[np.integer],
+    source: ImageSeries,
+    table: LabelTable | None,
+    *,
+    segmentation_type: SegmentationType | str,
+    algorithm: str | None,
+    series_number: int | None,
+    series_description: str | None,
+    transfer_syntax_uid: str,
+    what: str,
+    kind: str,
+) -> hd.seg.Segmentation:
     seg_type = hd.seg.SegmentationTypeValues(str(segmentation_type).upper())
     if seg_type == hd.seg.SegmentationTypeValues.FRACTIONAL:
         raise ValueError("segmentation_type must be BINARY or LABELMAP")
@@ -137,7 +169,7 @@ def encode_segmentation(
             pixel_array=segment_array.astype(np.uint16 if len(descriptions) > 255 else np.uint8),
             segmentation_type=seg_type,
             segment_descriptions=descriptions,
-            series_instance_uid=_provenance.derived_uid(f"{kind}-series", source.series_instance_uid),
+            series_instance_uid=_provenance.derived_uid(f"{kind}-series", source.series_instance_uid, content),
             series_number=series_number if series_number is not None else _provenance.series_number(kind, first),
             sop_instance_uid=_provenance.derived_uid(f"{kind}-instance", source.series_instance_uid, content),
             instance_number=1,
@@ -146,6 +178,7 @@ def encode_segmentation(
             software_versions=_provenance.software_version(),
             device_serial_number=_provenance.DEVICE_SERIAL_NUMBER,
             omit_empty_frames=False,
+            transfer_syntax_uid=transfer_syntax_uid,
             content_label="MASK" if kind == "mask-seg" else "LABELS",
             content_description=_provenance.long_string(description),
             series_description=description,
@@ -159,18 +192,23 @@ def encode_mask_segmentation(
     *,
     segmentation_type: SegmentationType | str = "BINARY",
     series_number: int | None = None,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> hd.seg.Segmentation:
     """Encode the signal mask of an ADC computation as a one-segment Segmentation.
 
+    ``series_number`` defaults to 2000 + the source's.
+
     :raises EmptyMaskError: the mask is empty.
     """
-    return encode_segmentation(
+    return _encode(
         result.mask.astype(np.uint8),
         result.series,
         LabelTable((MASK_LABEL,)),
         segmentation_type=segmentation_type,
         algorithm="bidsbridge ADC signal mask",
         series_number=series_number,
+        series_description=None,
+        transfer_syntax_uid=transfer_syntax_uid,
         what="ADC signal mask",
         kind="mask-seg",
     )
@@ -194,6 +232,11 @@ class SegmentationData:
     def __repr__(self) -> str:
         names = ", ".join(f"{label.value}={label.name}" for label in self.table.labels)
         return f"SegmentationData({names}; {self.geometry.describe()})"
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, *, geometry: SeriesGeometry | None = None) -> SegmentationData:
+        """Read a Segmentation dataset; :func:`read_segmentation` also takes a path."""
+        return read_segmentation(dataset, geometry=geometry)
 
 
 def _segments(ds: Dataset) -> tuple[LabelTable, dict[int, int]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
 from converters.derived import (
     AdcResult,
@@ -15,6 +16,8 @@ from converters.derived import (
     compute_adc,
     read_image_series,
 )
+from converters.derived.adc import diffusion_encoding
+from converters.derived.series import SeriesFrame
 from tests.derived.helpers import DWI, SCANNER_ADC, T1W, series_volume, synthetic_adc, write_classic_dwi
 
 
@@ -109,3 +112,39 @@ def test_errors_are_value_errors(xa30: Path) -> None:
     """Callers may catch the built-in too."""
     with pytest.raises(ValueError):
         compute_adc(xa30 / T1W)
+
+
+@pytest.mark.parametrize(
+    ("creator", "group", "b_element", "b_value", "direction_elements"),
+    [
+        ("SIEMENS MR HEADER", 0x0019, 0x0C, b"1000", [(0x0019, "SIEMENS MR HEADER", 0x0E, np.array([0, 0.6, 0.8]))]),
+        (
+            "GEMS_PARM_01",
+            0x0043,
+            0x39,
+            b"1000001000\\8\\0\\0",  # GE adds 1e9 to some b-values
+            [(0x0019, "GEMS_ACQU_01", e, np.array([v])) for e, v in ((0xBB, 0.0), (0xBC, 0.6), (0xBD, 0.8))],
+        ),
+        (
+            "Philips Imaging DD 001",
+            0x2001,
+            0x03,
+            np.array([1000.0], "<f4").tobytes(),
+            [
+                (0x2005, "Philips MR Imaging DD 001", e, np.array([v], "<f4"))
+                for e, v in ((0xB0, 0.0), (0xB1, 0.6), (0xB2, 0.8))
+            ],
+        ),
+    ],
+    ids=["siemens", "ge", "philips"],
+)
+def test_vendor_fields_as_unknown_vr(creator, group, b_element, b_value, direction_elements) -> None:
+    """Private diffusion fields read as raw bytes (VR UN, e.g. implicit VR files) still parse."""
+    ds = Dataset()
+    ds.private_block(group, creator, create=True).add_new(b_element, "UN", b_value)
+    for g, c, element, values in direction_elements:
+        ds.private_block(g, c, create=True).add_new(element, "UN", values.tobytes())
+    encoding = diffusion_encoding(SeriesFrame(0, None, 0, (ds,), (0, 0, 0, 0)))
+    assert encoding is not None
+    assert encoding.bvalue == pytest.approx(1000.0)
+    assert encoding.direction == pytest.approx((0.0, 0.6, 0.8), abs=1e-6)

@@ -8,7 +8,9 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
+import pytest
 from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from converters.derived import AdcResult, compute_adc, encode_parametric_map, read_parametric_map, write_nifti_map
 from tests.derived.helpers import dciodvfy, write_classic_dwi
@@ -96,3 +98,12 @@ def test_classic_source_least_squares(tmp_path: Path) -> None:
     mapping = data.dataset.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     methods = [i for i in mapping.QuantityDefinitionSequence if i.ConceptNameCodeSequence[0].CodeValue == "113241"]
     assert methods[0].ConceptCodeSequence[0].CodeValue == "113261"  # Least squares fit of multiple samples
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_round_trip_per_transfer_syntax(adc_pa: AdcResult, tmp_path: Path, transfer_syntax: str) -> None:
+    path = tmp_path / "pm.dcm"
+    encode_parametric_map(adc_pa, transfer_syntax_uid=transfer_syntax).save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == transfer_syntax
+    assert dciodvfy(path).errors == []
+    assert np.array_equal(read_parametric_map(path).values, adc_pa.adc)

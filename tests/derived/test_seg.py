@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from converters.derived import (
     AdcResult,
@@ -171,3 +172,28 @@ def test_sparse_seg_reads_with_source_geometry(adc_pa: AdcResult, tmp_path: Path
     with pytest.raises(ValueError, match=r"not evenly spaced|unequal numbers of frames"):
         read_segmentation(sparse)  # without the grid its frames do not span one
     assert np.array_equal(read_segmentation(sparse, geometry=adc_pa.geometry).labels, labels)
+
+
+@pytest.mark.parametrize(
+    ("segmentation_type", "transfer_syntax"),
+    [
+        ("BINARY", ExplicitVRLittleEndian),
+        ("BINARY", ImplicitVRLittleEndian),
+        ("LABELMAP", ExplicitVRLittleEndian),
+        ("LABELMAP", RLELossless),
+    ],
+)
+def test_round_trip_per_type_and_transfer_syntax(
+    adc_pa: AdcResult, tmp_path: Path, segmentation_type: str, transfer_syntax: str
+) -> None:
+    labels = _label_volume(adc_pa.geometry.shape)
+    path = tmp_path / "seg.dcm"
+    seg = encode_segmentation(
+        labels, adc_pa.series, segmentation_type=segmentation_type, transfer_syntax_uid=transfer_syntax
+    )
+    seg.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == transfer_syntax
+    if segmentation_type == "BINARY":  # this dicom3tools does not know the Label Map SEG IOD yet
+        assert dciodvfy(path).errors == []
+    assert hd.seg.segread(path).SegmentationType == segmentation_type
+    assert np.array_equal(read_segmentation(path).labels, labels)
