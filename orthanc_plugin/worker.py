@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from converters import convert_series
-from converters.errors import BidsBridgeError, DicomInputError
+from converters.errors import BidsBridgeError, DicomInputError, LabelError
 
 from .queue import Job, JobQueue
 from .rest_client import OrthancError, OrthancRestClient, SeriesNotFound
@@ -53,7 +53,7 @@ def run_job(job: Job, queue: JobQueue, client: OrthancRestClient, settings: Work
             result = convert_series(
                 scratch / "dicom", Path(settings.bids_root), subject=settings.subject, session=settings.session
             )
-        except DicomInputError as exc:
+        except (DicomInputError, LabelError) as exc:  # retrying cannot help: fail now, with the reason
             queue.fail_attempt(job.id, str(exc), permanent=True)
             return
         if result.state == "converted":
