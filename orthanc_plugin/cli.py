@@ -1,4 +1,4 @@
-"""The ``bidsbridge`` command: ``convert`` (offline), ``serve`` (embedded Orthanc), ``demo``."""
+"""The ``bidsbridge`` command: ``convert`` and ``derive`` (offline), ``serve`` (embedded Orthanc), ``demo``."""
 
 from __future__ import annotations
 
@@ -150,11 +150,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from converters.cli import register as register_convert  # noqa: PLC0415
+    from converters.derived.cli import register as register_derive  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="bidsbridge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_convert(commands)
+    register_derive(commands)
 
     serve = commands.add_parser("serve", help="run Orthanc with the plugin on loopback (embedded default)")
     _add_server_options(serve, "bidsbridge-work")
