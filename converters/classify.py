@@ -34,7 +34,7 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from converters.bids.naming import INDEX_ENTITIES, entity_value
+from converters.bids.naming import INDEX_ENTITIES, entity_value, sanitize_label
 from converters.errors import LabelError
 from converters.records import BidsTarget, Classification, ConvertedImage, DicomSeries, Placement, Skip
 
@@ -55,7 +55,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SHORT = {"required": True, "optional": False}
+#: Suffixes of GRE field maps (BIDS "fieldmaps" cases 1-3); several may come from one series.
+GRE_FIELDMAP_SUFFIXES = ("magnitude1", "magnitude2", "phasediff", "phase1", "phase2", "magnitude", "fieldmap")
+#: Raw ``dwi/`` suffixes the BIDS 1.11 schema defines for maps the scanner computes.
+SCANNER_DWI_SUFFIXES = ("ADC", "FA", "S0map", "colFA", "expADC", "trace")
 
 #: (datatype, suffix) -> {entity: required?} for the targets this version writes, from the BIDS 1.11
 #: schema (``sub``/``ses`` left out). Targets outside this table are only produced by overrides.
@@ -81,7 +84,19 @@ SUPPORTED: Mapping[tuple[str, str], Mapping[str, bool]] = {
     ("fmap", "epi"): {
         "acq": False, "ce": False, "rec": False, "dir": True, "run": False, "part": False, "chunk": False,
     },
+    **{("fmap", suffix): {"acq": False, "run": False, "chunk": False} for suffix in GRE_FIELDMAP_SUFFIXES},
+    **{
+        ("dwi", suffix): {"acq": False, "rec": False, "dir": False, "run": False, "chunk": False}
+        for suffix in SCANNER_DWI_SUFFIXES
+    },
+    **{
+        ("perf", suffix): {
+            "acq": False, "rec": False, "dir": False, "run": False, "echo": False, "part": False,
+        }
+        for suffix in ("asl", "m0scan")
+    },
 }  # fmt: skip
+
 
 #: Suffix a ReproIn name implies when it gives only the datatype (``dwi_dir-AP``).
 _DEFAULT_SUFFIX = {"func": "bold", "dwi": "dwi"}
@@ -233,12 +248,39 @@ def rule_not_mr_acquisition(facts: SeriesFacts) -> Classification | None:
     return None
 
 
+def _scanner_dwi_suffix(facts: SeriesFacts) -> str | None:
+    """The raw ``dwi/`` suffix of a diffusion map the scanner computed, from ImageType and name."""
+    types = facts.image_types
+    if "DIFFUSION" not in types:
+        return None
+    name = facts.series.series_description.upper().replace(" ", "_")
+    if ("EXP" in types and "ADC" in types) or "EADC" in types:
+        return "expADC"
+    if "ADC" in types:
+        return "ADC"
+    if "TRACEW" in types or "TRACE" in types:
+        return "trace"
+    if "FA" in types:
+        return "colFA" if "COLFA" in name or "COL_FA" in name or "COLOR" in types else "FA"
+    if "TENSOR_B0" in types or {"TENSOR", "B0"} <= types:
+        return "S0map"
+    return None
+
+
 def rule_scanner_derived(facts: SeriesFacts) -> Classification | None:
-    """Maps the scanner computed (ADC, FA, TRACEW, perfusion, ...): not raw data."""
+    """Maps the scanner computed (ImageType ``DERIVED``): diffusion maps get the raw ``dwi/``
+    suffixes the schema defines for them (``ADC``, ``FA``, ``colFA``, ``trace``, ``S0map``,
+    ``expADC``); every other derived image (perfusion maps, MPRs, subtractions, ...) has no place
+    in raw BIDS and is skipped by policy, with its ImageType as the reason."""
     if facts.series.image_type[:1] != ("DERIVED",):
         return None
+    suffix = _scanner_dwi_suffix(facts)
+    if suffix is not None:
+        name = f"scanner-derived diffusion map (ImageType {_describe(facts)})"
+        return _finish(facts, BidsTarget("dwi", suffix, rule="scanner-derived"), name=name)
     return Skip(
-        f"scanner-derived image (ImageType {_describe(facts)}); derived maps are not placed in raw BIDS yet",
+        f"scanner-derived image (ImageType {_describe(facts)}): raw BIDS defines no file for it; "
+        "skipped by policy (the source series is kept)",
         "scanner-derived",
     )
 
@@ -258,15 +300,6 @@ def rule_reproin(facts: SeriesFacts) -> Classification | None:
     suffix = parsed.suffix or _DEFAULT_SUFFIX.get(parsed.datatype)
     if suffix is not None and suffix.lower() in _LOCALIZERS:
         return Skip(f"{name}: localizer/scout", "reproin")
-    if parsed.datatype == "perf":
-        return Skip(f"{name}: ASL needs an aslcontext.tsv and labelling parameters, not written yet", "reproin")
-    if parsed.datatype == "fmap" and suffix != "epi":
-        return Skip(
-            f"{name}: GRE field maps need EchoTime1/EchoTime2 across the magnitude and phase series, not handled yet",
-            "reproin",
-        )
-    if suffix is None:
-        return Skip(f"{name}: gives no suffix for datatype {parsed.datatype}", "reproin")
     entities: dict[str, str] = {}
     for key, value in parsed.entities.items():
         if key == "ses":
@@ -276,6 +309,12 @@ def rule_reproin(facts: SeriesFacts) -> Classification | None:
             entities[key] = entity_value(key, value)
         except LabelError as exc:
             return Skip(f"{name}: {exc}", "reproin")
+    if parsed.datatype == "fmap" and suffix != "epi":
+        return _fieldmap_target(facts, entities, "reproin", name)
+    if parsed.datatype == "perf" and suffix in (None, "asl"):
+        return _asl(facts, entities, "reproin", name)
+    if suffix is None:
+        return Skip(f"{name}: gives no suffix for datatype {parsed.datatype}", "reproin")
     target = BidsTarget(parsed.datatype, suffix, entities, rule="reproin")
     return _finish(facts, target, name=name)
 
@@ -287,24 +326,126 @@ def rule_diffusion(facts: SeriesFacts) -> Classification | None:
     return _finish(facts, BidsTarget("dwi", "dwi", rule="diffusion"), name="diffusion series")
 
 
-def rule_unplaceable_kinds(facts: SeriesFacts) -> Classification | None:
-    """Kinds recognised from headers that need information this version does not collect."""
-    types = facts.image_types
+def _is_phase(image: ConvertedImage) -> bool:
+    types = image.metadata.get("ImageType")
+    return "_ph" in image.postfix or (isinstance(types, list) and ("PHASE" in types or "P" in types))
+
+
+def fieldmap_suffixes(images: Sequence[ConvertedImage]) -> list[str] | str:
+    """BIDS suffix of each image of a GRE field-map series, or why they cannot be named.
+
+    ``_fieldmaphz`` images (GE, Philips; Units Hz) are ``fieldmap`` and the other image of their
+    series its ``magnitude``; a phase image with EchoTime1/EchoTime2 is ``phasediff``, one without
+    is ``phase<echo>``; magnitude echoes of a series without a field map are ``magnitude<echo>``.
+    """
+    has_fieldmap = any("fieldmaphz" in image.postfix.lower() for image in images)
+    magnitudes = [image for image in images if "fieldmaphz" not in image.postfix.lower() and not _is_phase(image)]
+    suffixes: list[str] = []
+    for image in images:
+        meta = image.metadata
+        if "fieldmaphz" in image.postfix.lower():
+            if meta.get("Units") != "Hz":
+                return f"field map image {image.postfix!r} without Units Hz"
+            suffixes.append("fieldmap")
+        elif _is_phase(image):
+            if isinstance(meta.get("EchoTime1"), int | float) and isinstance(meta.get("EchoTime2"), int | float):
+                suffixes.append("phasediff")
+            elif meta.get("EchoNumber") in (1, 2):
+                suffixes.append(f"phase{meta['EchoNumber']}")
+            else:
+                return "phase image without EchoTime1/EchoTime2 (missing: EchoTime1, EchoTime2)"
+        elif has_fieldmap:
+            suffixes.append("magnitude")
+        elif len(magnitudes) == 1:
+            suffixes.append("magnitude1")
+        else:
+            number = meta.get("EchoNumber")
+            if number not in (1, 2):
+                return f"magnitude image {image.postfix!r} with echo {number!r} (expected 1 or 2)"
+            suffixes.append(f"magnitude{number}")
+    if len(set(suffixes)) != len(suffixes):
+        return f"images {[i.postfix for i in images]} would share the suffixes {suffixes}"
+    return suffixes
+
+
+def _fieldmap_target(facts: SeriesFacts, entities: Mapping[str, str], rule: str, name: str) -> Classification:
+    suffixes = fieldmap_suffixes(facts.images)
+    if isinstance(suffixes, str):
+        return Skip(f"{name}: {suffixes}", rule)
+    return _finish(facts, BidsTarget("fmap", suffixes[0], entities, rule=rule), name=name)
+
+
+def rule_fieldmap(facts: SeriesFacts) -> Classification | None:
+    """GRE field maps: dcm2niix's fmap guess, a ``_fieldmaphz`` image, or the Siemens ``fm2d``
+    sequence. Magnitude and phase series of one acquisition are paired into one field-map set (and
+    linked to the scans they correct) when the session is published, see :mod:`converters.bids.session`."""
     guess = facts.bids_guess
-    if "FMRI" in types or (guess is not None and guess[0] == "func"):
+    sequence = str(next((i.metadata.get("SequenceName", "") for i in facts.images), ""))
+    hz = any("fieldmaphz" in image.postfix.lower() for image in facts.images)
+    if not (hz or (guess is not None and guess[0] == "fmap") or re.search(r"fm\d?d\d", sequence)):
+        return None
+    if guess is not None and guess[1].endswith("_epi"):
+        return None
+    return _fieldmap_target(facts, {}, "fieldmap", f"GRE field map ({_describe(facts)})")
+
+
+#: Fields BIDS requires of every ASL series (``perf/*_asl``); more depend on the labelling type.
+ASL_REQUIRED = (
+    "ArterialSpinLabelingType", "PostLabelingDelay", "BackgroundSuppression", "M0Type",
+    "TotalAcquiredPairs", "RepetitionTimePreparation", "MagneticFieldStrength", "MRAcquisitionType",
+    "EchoTime", "FlipAngle",
+)  # fmt: skip
+
+
+def _asl(facts: SeriesFacts, entities: Mapping[str, str], rule: str, name: str) -> Classification:
+    metadata = facts.images[0].metadata if facts.images else {}
+    missing = [key for key in ASL_REQUIRED if key not in metadata]
+    if missing:
         return Skip(
-            "looks like fMRI but has no task label (never guessed); "
-            "name the protocol func-bold_task-<label> or add an override",
-            "fmri-without-task",
+            f"{name}: ASL series, but no header records the fields BIDS requires for perf/asl "
+            f"(missing: {', '.join(missing)}) nor the volume order for aslcontext.tsv; "
+            "supply them with an override to place it",
+            rule,
         )
-    if guess is not None and guess[0] == "fmap":
-        return Skip(
-            "GRE field map (magnitude/phase): needs EchoTime1/EchoTime2 across series, not handled yet",
-            "fieldmap",
-        )
-    if "ASL" in types or (guess is not None and guess[0] == "perf"):
-        return Skip("ASL: needs an aslcontext.tsv and labelling parameters, not written yet", "asl")
-    return None
+    return _finish(facts, BidsTarget("perf", "asl", entities, rule=rule), name=name)
+
+
+def rule_asl(facts: SeriesFacts) -> Classification | None:
+    """Arterial spin labelling raw series (ImageType ASL, or dcm2niix's perf guess)."""
+    guess = facts.bids_guess
+    if "ASL" not in facts.image_types and not (guess is not None and guess[0] == "perf"):
+        return None
+    return _asl(facts, {}, "asl", f"ASL ({_describe(facts)})")
+
+
+def _is_time_series_epi(facts: SeriesFacts) -> bool:
+    if not facts.images:
+        return False
+    for image in facts.images:
+        sequence = str(image.metadata.get("ScanningSequence", ""))
+        if len(image.shape) != 4 or image.shape[3] < 2 or "EP" not in sequence.upper():
+            return False
+    return True
+
+
+def rule_bold(facts: SeriesFacts) -> Classification | None:
+    """4D EPI time series without diffusion weighting or labelling: BOLD fMRI. The task label is
+    the series name (SeriesDescription, else ProtocolName) reduced to letters and digits."""
+    types = facts.image_types
+    if not _is_time_series_epi(facts) or "DIFFUSION" in types or facts.has_bvals or "ASL" in types:
+        return None
+    for text in (facts.series.series_description, facts.series.protocol_name):
+        try:
+            task = sanitize_label(text)
+        except LabelError:
+            continue
+        name = f"4D EPI time series named {text!r}"
+        return _finish(facts, BidsTarget("func", "bold", {"task": task}, rule="bold"), name=name)
+    return Skip(
+        "4D EPI time series (fMRI) without a series name to take the task from; "
+        "name the protocol func-bold_task-<label> or add an override",
+        "fmri-without-task",
+    )
 
 
 def rule_bids_guess(facts: SeriesFacts) -> Classification | None:
@@ -336,7 +477,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     rule_scanner_derived,
     rule_reproin,
     rule_diffusion,
-    rule_unplaceable_kinds,
+    rule_fieldmap,
+    rule_asl,
+    rule_bold,
     rule_bids_guess,
     rule_unrecognised,
 )
@@ -427,6 +570,13 @@ def place(facts: SeriesFacts, target: BidsTarget) -> tuple[Placement, ...] | Ski
         return (Placement(images[0], target),)
     if not images:
         return Skip("dcm2niix wrote no image", target.rule)
+    if target.datatype == "fmap" and target.suffix in GRE_FIELDMAP_SUFFIXES:
+        suffixes = fieldmap_suffixes(images)
+        if isinstance(suffixes, str):
+            return Skip(suffixes, target.rule)
+        return tuple(
+            Placement(image, replace(target, suffix=suffix)) for image, suffix in zip(images, suffixes, strict=True)
+        )
     allowed = SUPPORTED.get((target.datatype, target.suffix), {})
     parsed = [_POSTFIX.match(image.postfix) for image in images]
     postfixes = ", ".join(repr(image.postfix) for image in images)

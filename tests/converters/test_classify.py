@@ -91,10 +91,17 @@ def test_reproin_bold_without_task_is_skipped_not_invented() -> None:
     assert isinstance(decision, Skip) and "task" in decision.reason
 
 
-def test_derived_images_are_skipped_even_with_a_reproin_name() -> None:
+def test_scanner_diffusion_maps_get_raw_dwi_suffixes_even_with_a_reproin_name() -> None:
     series = _series(series_description="dwi_dir-AP", image_type=("DERIVED", "PRIMARY", "DIFFUSION", "ADC"))
-    decision = classify(SeriesFacts(series, (_image("j"),)))
-    assert isinstance(decision, Skip) and "scanner-derived" in decision.reason
+    decision = classify(SeriesFacts(series, (_image("j-"),)))
+    assert decision == BidsTarget("dwi", "ADC", {"dir": "AP"}, rule="scanner-derived")
+    colour = _series(series_description="DWI_ColFA", image_type=("DERIVED", "PRIMARY", "DIFFUSION", "FA"))
+    assert classify(SeriesFacts(colour, (_image("j"),))) == BidsTarget(
+        "dwi", "colFA", {"dir": "PA"}, rule="scanner-derived"
+    )
+    perfusion = _series(image_type=("DERIVED", "PRIMARY", "ASL", "RCBF"))
+    decision = classify(SeriesFacts(perfusion, (_image("j"),)))
+    assert isinstance(decision, Skip) and "scanner-derived" in decision.reason and "policy" in decision.reason
 
 
 def test_bids_guess_is_only_a_last_hint() -> None:
@@ -139,11 +146,16 @@ def test_place_names_echoes_and_refuses_unknown_splits() -> None:
     assert isinstance(dwi_echoes, Skip) and "echoes" in dwi_echoes.reason
 
 
-def test_fmri_without_a_task_is_skipped_with_advice() -> None:
+def test_fmri_without_a_task_takes_it_from_the_series_name() -> None:
+    four_d = ConvertedImage(
+        Path("s.nii.gz"), Path("s.json"), None, None, {"ScanningSequence": "EP", "PhaseEncodingDirection": "j-"},
+        shape=(64, 64, 30, 10),
+    )  # fmt: skip
     facts = SeriesFacts(
-        _series(series_description="ep2d_bold", image_type=("ORIGINAL", "PRIMARY", "M", "MOSAIC")),
-        (_image("j-", BidsGuess=["func", "_acq-epfid2_dir-AP_run-4_bold"]),),
+        _series(series_description="ep2d_bold (rest)", image_type=("ORIGINAL", "PRIMARY", "M", "MOSAIC")), (four_d,)
     )
     decision = classify(facts)
-    assert isinstance(decision, Skip)
-    assert "no task label" in decision.reason and "func-bold_task-<label>" in decision.reason
+    assert decision == BidsTarget("func", "bold", {"task": "ep2dboldrest"}, {"TaskName": "ep2dboldrest"}, rule="bold")
+    nameless = SeriesFacts(_series(series_description="--", protocol_name=""), (four_d,))
+    refused = classify(nameless)
+    assert isinstance(refused, Skip) and "func-bold_task-<label>" in refused.reason

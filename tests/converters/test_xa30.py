@@ -30,15 +30,19 @@ PLACED = {
     17: (f"{PREFIX}/dwi/{SUB}_{SES}_dir-AP_dwi", "17_DWI_dir80_AP"),
 }
 
-#: Series that must be skipped, with a word their reason must contain.
-SKIPPED = {
-    8: "field map", 9: "field map",
-    11: "scanner-derived", 12: "scanner-derived", 13: "scanner-derived", 14: "scanner-derived",
-    16: "scanner-derived", 19: "scanner-derived", 20: "scanner-derived", 21: "scanner-derived",
-    22: "scanner-derived", 24: "scanner-derived",
-    25: "ASL", 27: "scanner-derived", 28: "scanner-derived",
-    99: "not an image",
+#: The other placed series: number -> expected stems (one per image dcm2niix writes).
+DWI = f"{PREFIX}/dwi/{SUB}_{SES}"
+FMAP = f"{PREFIX}/fmap/{SUB}_{SES}"
+ALSO_PLACED = {
+    8: [f"{FMAP}_magnitude1", f"{FMAP}_magnitude2"], 9: [f"{FMAP}_phasediff"],
+    11: [f"{DWI}_dir-PA_ADC"], 12: [f"{DWI}_dir-PA_trace"], 13: [f"{DWI}_dir-PA_FA"],
+    14: [f"{DWI}_dir-PA_colFA"], 16: [f"{DWI}_dir-PA_S0map"],
+    19: [f"{DWI}_dir-AP_ADC"], 20: [f"{DWI}_dir-AP_trace"], 21: [f"{DWI}_dir-AP_FA"],
+    22: [f"{DWI}_dir-AP_colFA"], 24: [f"{DWI}_dir-AP_S0map"],
 }  # fmt: skip
+
+#: Series that must be skipped, with a word their reason must contain.
+SKIPPED = {25: "missing: ", 27: "scanner-derived", 28: "scanner-derived", 99: "not an image"}
 
 
 def test_every_series_is_accounted_for(xa30: Path, xa30_dataset: Converted) -> None:
@@ -50,6 +54,9 @@ def test_every_series_is_accounted_for(xa30: Path, xa30_dataset: Converted) -> N
         if result.series_number in PLACED:
             assert result.state == "converted", result
             assert result.reason is None
+        elif result.series_number in ALSO_PLACED:
+            stems = ALSO_PLACED[result.series_number]
+            assert result.outputs == tuple(sorted(f"{stem}{ext}" for stem in stems for ext in (".json", ".nii.gz")))
         else:
             assert result.state == "skipped", result
             assert result.reason and SKIPPED[result.series_number] in result.reason, result
@@ -88,7 +95,7 @@ def test_bold_sidecar_names_its_task(xa30_dataset: Converted) -> None:
 
 def test_sidecars_carry_no_patient_identifiers(xa30: Path, xa30_dataset: Converted) -> None:
     sidecars = sorted(xa30_dataset.root.glob("sub-*/ses-*/*/*.json"))
-    assert len(sidecars) == len(PLACED)
+    assert len(sidecars) == len(PLACED) + sum(len(stems) for stems in ALSO_PLACED.values())
     for path in sidecars:
         text = path.read_text()
         # The PatientID is "12343@hucheng"; only the subject label (in file names) may derive from it.
@@ -110,7 +117,9 @@ def test_dataset_level_files(xa30_dataset: Converted) -> None:
     scans = (root / PREFIX / f"{SUB}_{SES}_scans.tsv").read_text().splitlines()
     assert scans[0] == "filename\tacq_time"
     rows = dict(line.split("\t") for line in scans[1:])
-    assert rows == {
+    assert {
+        name: rows[name] for name in list(rows) if "/anat/" in f"/{name}" or "_dwi." in name or "_bold" in name
+    } == {
         f"{stem.split('/', 2)[2]}.nii.gz": time
         for stem, time in [
             (PLACED[5][0], "2022-07-11T12:05:17.042500"),
@@ -120,6 +129,7 @@ def test_dataset_level_files(xa30_dataset: Converted) -> None:
             (PLACED[17][0], "2022-07-11T12:12:51.665000"),
         ]
     }
+    assert len(rows) == len(PLACED) + sum(len(stems) for stems in ALSO_PLACED.values())
     assert list(rows) == sorted(rows)
     # Only the placed series' files exist outside the bookkeeping folder.
     published = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".bidsbridge" not in p.parts}
