@@ -86,7 +86,8 @@ class BidsBridgePlugin:
             authorization=authorization,
             log=lambda message: logger.warning("%s", message.removeprefix("bidsbridge: ")),
         )
-        self.routes = Routes(self.queue, config.bids_root, self._series_exists, self._status)
+        self.routes = Routes(self.queue, config.bids_root, self._series_exists, self._status,
+                             uploads_dir=config.state_dir / "uploads")
         self._started = False
 
     # -- events ----------------------------------------------------------------------------
@@ -195,7 +196,14 @@ class BidsBridgePlugin:
             case ["jobs", job_id, action]:
                 return self.routes.job(method, job_id, action)
             case ["series", series_id, action]:
-                return self.routes.series(method, series_id, action)
+                headers = {str(k).lower(): str(v) for k, v in (request.get("headers") or {}).items()}
+                body = request.get("body") or b""
+                # orthanc-python 4.0 passes no query arguments with a POST: accept them as headers too.
+                options = {key: headers[f"x-bidsbridge-{key.replace('_', '-')}"]
+                           for key in ("labels", "desc", "segmentation_type")
+                           if f"x-bidsbridge-{key.replace('_', '-')}" in headers}
+                return self.routes.series(method, series_id, action, body if isinstance(body, bytes) else b"",
+                                          headers.get("content-type", ""), {**options, **get})
             case ["status"]:
                 return self.routes.status_route(method)
         return Response.error(404, f"no bidsbridge route {uri}")

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     outputs TEXT NOT NULL DEFAULT '[]',
     result TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
     worker_pid INTEGER,
     not_before REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
@@ -71,6 +72,7 @@ class Job:
     error: str | None
     outputs: tuple[str, ...]
     result: dict[str, Any] | None
+    params: dict[str, Any]
     worker_pid: int | None
     created_at: float
     updated_at: float
@@ -90,6 +92,7 @@ class Job:
             error=row["error"],
             outputs=tuple(json.loads(row["outputs"])),
             result=None if row["result"] is None else json.loads(row["result"]),
+            params=json.loads(row["params"]),
             worker_pid=row["worker_pid"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
@@ -109,6 +112,7 @@ class Job:
             "error": self.error,
             "outputs": list(self.outputs),
             "result": self.result,
+            "params": self.params,
             "worker_pid": self.worker_pid,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
@@ -142,6 +146,9 @@ class JobQueue:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "params" not in columns:  # queue files from before job parameters existed
+                db.execute("ALTER TABLE jobs ADD COLUMN params TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
@@ -160,21 +167,24 @@ class JobQueue:
 
     # -- producers -------------------------------------------------------------------------
 
-    def enqueue(self, series: str, trigger: str, *, kind: str = "convert") -> int:
-        """Queue a job for ``series`` unless one is already queued; return the job id."""
+    def enqueue(self, series: str, trigger: str, *, kind: str = "convert",
+                params: dict[str, Any] | None = None) -> int:
+        """Queue a job for ``series`` unless the same one is already queued; return the job id."""
         now = time.time()
+        encoded = json.dumps(params or {}, sort_keys=True)
         with self._transaction() as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE series = ? AND kind = ? AND state = 'queued' ORDER BY id LIMIT 1",
-                (series, kind),
+                "SELECT id FROM jobs WHERE series = ? AND kind = ? AND params = ? AND state = 'queued'"
+                " ORDER BY id LIMIT 1",
+                (series, kind, encoded),
             ).fetchone()
             if row is not None:
                 db.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (now, row["id"]))
                 return int(row["id"])
             cursor = db.execute(
-                "INSERT INTO jobs (series, kind, trigger, state, max_attempts, created_at, updated_at)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                (series, kind, trigger, self.max_attempts, now, now),
+                "INSERT INTO jobs (series, kind, trigger, state, max_attempts, params, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (series, kind, trigger, self.max_attempts, encoded, now, now),
             )
             return int(cursor.lastrowid or 0)
 

@@ -53,6 +53,19 @@ class OrthancRestClient:
             raise OrthancError(f"Orthanc answered {response.status_code} to GET {path}")
         return response
 
+    def post_instance(self, data: bytes) -> str:
+        """Store one DICOM file in Orthanc; return its Orthanc instance id."""
+        try:
+            response = self._session.post(f"{self.url}/instances", data=data, timeout=self.timeout,
+                                          headers={"Content-Type": "application/dicom"})
+        except requests.RequestException as exc:
+            raise OrthancError(f"cannot reach Orthanc at {self.url}: {exc.__class__.__name__}") from exc
+        if response.status_code >= 400:
+            raise OrthancError(
+                f"Orthanc refused a derived DICOM object ({response.status_code}): {response.text[:200]}"
+            )
+        return str(response.json()["ID"])
+
     def get_json(self, path: str) -> Any:
         return self._get(path).json()
 

@@ -6,8 +6,18 @@ Orthanc's own authentication applies (routes are registered through the plugin S
 ``GET  /bidsbridge/jobs``                 jobs, newest first (``?state=``, ``?series=``, ``?limit=``)
 ``GET  /bidsbridge/jobs/{id}``            one job
 ``POST /bidsbridge/jobs/{id}/retry``      put a finished job back in the queue
-``POST /bidsbridge/series/{id}/convert``  queue a conversion by hand
+``POST /bidsbridge/series/{id}/convert``  queue a conversion by hand (JSON body
+                                          ``{"derive": ["adc"]}`` adds derivations)
 ``GET  /bidsbridge/series/{id}/nifti``    zip of the series' NIfTI files and sidecars
+``POST /bidsbridge/series/{id}/segmentations``  a NIfTI label map of the series → queued SEG job.
+                                          Raw body (``?labels=<JSON>&desc=&segmentation_type=``,
+                                          or headers ``X-Bidsbridge-Labels``/``-Desc``/
+                                          ``-Segmentation-Type``: orthanc-python 4.0 drops
+                                          the query string of a POST)
+                                          or ``multipart/related``/``mixed`` with parts named
+                                          ``labelmap``, ``labels`` (JSON or dseg.tsv), ``desc``,
+                                          ``segmentation_type`` (Orthanc itself consumes
+                                          ``multipart/form-data`` bodies, so that one is refused).
 ``GET  /bidsbridge/status``               queue counts and worker pids
 ========================================  ==========================================================
 
@@ -17,15 +27,21 @@ tested without Orthanc; :mod:`orthanc_plugin.plugin` adapts them to the SDK.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import re
+import uuid
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
 from .queue import JobQueue
+from .worker_settings import KNOWN_DERIVATIONS
 
 __all__ = ["Response", "Routes"]
 
@@ -53,9 +69,11 @@ class Routes:
         bids_root: Path,
         series_exists: Callable[[str], bool],
         status: Callable[[], dict[str, Any]],
+        uploads_dir: Path | None = None,
     ) -> None:
         self.queue = queue
         self.bids_root = bids_root
+        self.uploads_dir = uploads_dir
         self.series_exists = series_exists
         self.status = status
 
@@ -94,13 +112,31 @@ class Routes:
             return Response.json(retried.to_dict() if retried else None, 202)
         return Response.error(404, f"unknown job action {action!r}")
 
-    def series(self, method: str, series_id: str, action: str) -> Response:
+    def series(self, method: str, series_id: str, action: str, body: bytes = b"",
+               content_type: str = "", get: Mapping[str, str] | None = None) -> Response:
+        if action == "segmentations":
+            if method != "POST":
+                return Response(405, b"", allow="POST")
+            if not self.series_exists(series_id):
+                return Response.error(404, f"Orthanc has no series {series_id}")
+            return self._segmentation(series_id, body, content_type, get or {})
         if action == "convert":
             if method != "POST":
                 return Response(405, b"", allow="POST")
             if not self.series_exists(series_id):
                 return Response.error(404, f"Orthanc has no series {series_id}")
-            job_id = self.queue.enqueue(series_id, "manual")
+            params: dict[str, Any] = {}
+            if body.strip():
+                try:
+                    request = json.loads(body)
+                except ValueError:
+                    return Response.error(400, 'body must be JSON, e.g. {"derive": ["adc"]}')
+                derive = request.get("derive", []) if isinstance(request, dict) else None
+                if not isinstance(derive, list) or not all(d in KNOWN_DERIVATIONS for d in derive):
+                    return Response.error(400, f"derive must be a list of {', '.join(KNOWN_DERIVATIONS)}")
+                if derive:
+                    params["derive"] = derive
+            job_id = self.queue.enqueue(series_id, "manual", params=params)
             job = self.queue.get(job_id)
             return Response.json(job.to_dict() if job else {"id": job_id}, 202)
         if action == "nifti":
@@ -114,6 +150,52 @@ class Routes:
                 return Response.error(404, f"series {series_id} was converted to no NIfTI file")
             return Response(200, self._zip(images), "application/zip")
         return Response.error(404, f"unknown series action {action!r}")
+
+    def _segmentation(self, series_id: str, body: bytes, content_type: str, get: Mapping[str, str]) -> Response:
+        if self.uploads_dir is None:
+            return Response.error(503, "uploads are not configured")
+        parts: dict[str, bytes] = {key: value.encode("utf-8") for key, value in get.items()
+                                   if key in ("labels", "desc", "segmentation_type")}
+        if content_type.startswith("multipart/form-data"):
+            return Response.error(415, "Orthanc consumes multipart/form-data itself: send multipart/related, or the "
+                                       "NIfTI as the body with ?labels=<JSON>")
+        if content_type.startswith("multipart/"):
+            message = BytesParser(policy=default_policy).parsebytes(
+                b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+            )
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                payload = part.get_payload(decode=True)
+                if isinstance(name, str) and isinstance(payload, bytes):
+                    parts[name] = payload
+            if "labelmap" not in parts:
+                return Response.error(400, "multipart body needs a 'labelmap' part (the NIfTI label map)")
+        else:
+            parts["labelmap"] = body
+        labelmap = parts["labelmap"]
+        problem = _nifti_problem(labelmap)
+        if problem:
+            return Response.error(400, f"labelmap: {problem}")
+        params: dict[str, Any] = {}
+        for key, allowed in (("segmentation_type", r"BINARY|LABELMAP"), ("desc", r"[A-Za-z0-9]{1,32}")):
+            if key in parts:
+                value = parts[key].decode("utf-8", errors="replace").strip()
+                if not re.fullmatch(allowed, value):
+                    return Response.error(400, f"{key} must match {allowed}, not {value[:40]!r}")
+                params[key] = value
+        folder = self.uploads_dir / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        suffix = ".nii.gz" if labelmap[:2] == b"\x1f\x8b" else ".nii"
+        (folder / f"labelmap{suffix}").write_bytes(labelmap)
+        params["labelmap"] = str(folder / f"labelmap{suffix}")
+        if "labels" in parts:
+            table = parts["labels"]
+            name = "labels.json" if table.lstrip()[:1] in (b"{", b"[") else "labels.tsv"
+            (folder / name).write_bytes(table)
+            params["labels"] = str(folder / name)
+        job_id = self.queue.enqueue(series_id, "manual", kind="segment", params=params)
+        job = self.queue.get(job_id)
+        return Response.json(job.to_dict() if job else {"id": job_id}, 202)
 
     def status_route(self, method: str) -> Response:
         if method != "GET":
@@ -130,3 +212,18 @@ class Routes:
                     continue
                 archive.write(path, relative)
         return buffer.getvalue()
+
+
+def _nifti_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a NIfTI-1/2 file, or None."""
+    if not data:
+        return "empty body: send the NIfTI label map (.nii or .nii.gz)"
+    try:
+        head = gzip.GzipFile(fileobj=io.BytesIO(data)).read(544) if data[:2] == b"\x1f\x8b" else data[:544]
+    except (OSError, EOFError):
+        return "corrupt gzip data"
+    if len(head) >= 348 and head[344:348] in (b"n+1\0", b"ni1\0"):
+        return None
+    if len(head) >= 544 and head[4:8] in (b"n+2\0", b"ni2\0"):
+        return None
+    return "not a NIfTI file (no NIfTI magic in the header)"

@@ -22,10 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from converters import convert_series
 from converters.errors import BidsBridgeError, DicomInputError, LabelError
 
+from .derive_stage import derive, reverse_convert, segment, sop_class_of
 from .queue import Job, JobQueue
 from .rest_client import OrthancError, OrthancRestClient, SeriesNotFound
 from .worker_settings import AUTH_ENV, WorkerSettings
@@ -35,6 +37,59 @@ __all__ = ["main", "run_job"]
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
+
+
+class _Permanent(Exception):
+    """A failure that retrying cannot mend; carries the reason."""
+
+
+def _convert(job: Job, files: list[Path], dicom_dir: Path, settings: WorkerSettings,
+             client: OrthancRestClient) -> tuple[str, list[str], dict[str, Any], str | None]:
+    """(state, outputs, result record, reason) for a convert job: conversion, then derivations."""
+    bids_root = Path(settings.bids_root)
+    reverse = reverse_convert(files, bids_root, wait_for_source=job.attempts < job.max_attempts)
+    if reverse is not None:  # a SEG / Parametric Map from elsewhere: NIfTI into the derivatives
+        record = {"reverse": reverse.to_dict()}
+        if not reverse.outputs:
+            return "skipped", [], record, "; ".join(reverse.notes) or "nothing to convert"
+        return "done", list(reverse.outputs), record, None
+    try:
+        result = convert_series(dicom_dir, bids_root, subject=settings.subject, session=settings.session)
+    except (DicomInputError, LabelError) as exc:
+        raise _Permanent(str(exc)) from exc
+    record = result.to_dict()
+    outputs = list(result.outputs)
+    if result.state == "failed":
+        raise RuntimeError(result.reason or "conversion failed")
+    derived: dict[str, Any] = {}
+    for name in job.params.get("derive", []):
+        try:
+            outcome = derive(name, dicom_dir, bids_root, result.series_uid, client)
+        except DicomInputError as exc:  # e.g. no b = 0: the series is converted, the derivation cannot be
+            derived[name] = {"error": str(exc)}
+            record["derived"] = derived
+            raise _Permanent(f"converted, but derivation {name!r} failed: {exc}") from exc
+        derived[name] = outcome.to_dict()
+        outputs += outcome.outputs
+    if derived:
+        record["derived"] = derived
+    state = "done" if result.state == "converted" or derived else "skipped"
+    return state, outputs, record, result.reason if state == "skipped" else None
+
+
+def _segment(job: Job, dicom_dir: Path, settings: WorkerSettings,
+             client: OrthancRestClient) -> tuple[str, list[str], dict[str, Any], str | None]:
+    params = job.params
+    labels = Path(params["labels"]) if params.get("labels") else None
+    series_uid = sop_class_of(sorted(dicom_dir.iterdir()))[2]
+    try:
+        outcome = segment(Path(params["labelmap"]), labels, dicom_dir, Path(settings.bids_root),
+                          series_uid=series_uid, client=client,
+                          segmentation_type=params.get("segmentation_type", "BINARY"),
+                          desc=params.get("desc", "user"))
+    except (DicomInputError, ValueError) as exc:
+        raise _Permanent(str(exc)) from exc
+    return "done", list(outcome.outputs), {"segmentation": outcome.to_dict()}, None
 
 
 def run_job(job: Job, queue: JobQueue, client: OrthancRestClient, settings: WorkerSettings) -> None:
@@ -49,20 +104,14 @@ def run_job(job: Job, queue: JobQueue, client: OrthancRestClient, settings: Work
         if not files:
             queue.finish(job.id, "skipped", reason=f"series {job.series} has no instances")
             return
-        try:
-            result = convert_series(
-                scratch / "dicom", Path(settings.bids_root), subject=settings.subject, session=settings.session
-            )
-        except (DicomInputError, LabelError) as exc:  # retrying cannot help: fail now, with the reason
-            queue.fail_attempt(job.id, str(exc), permanent=True)
-            return
-        if result.state == "converted":
-            queue.finish(job.id, "done", outputs=result.outputs, result=result.to_dict())
-        elif result.state == "skipped":
-            queue.finish(job.id, "skipped", outputs=result.outputs, result=result.to_dict(), reason=result.reason)
+        if job.kind == "segment":
+            state, outputs, record, reason = _segment(job, scratch / "dicom", settings, client)
         else:
-            queue.fail_attempt(job.id, result.reason or "conversion failed", result=result.to_dict())
-    except (OrthancError, BidsBridgeError, OSError) as exc:
+            state, outputs, record, reason = _convert(job, files, scratch / "dicom", settings, client)
+        queue.finish(job.id, "done" if state == "done" else "skipped", outputs=outputs, result=record, reason=reason)
+    except _Permanent as exc:  # retrying cannot help: fail now, with the reason
+        queue.fail_attempt(job.id, str(exc), permanent=True)
+    except (OrthancError, BidsBridgeError, OSError, RuntimeError) as exc:
         state = queue.fail_attempt(job.id, f"{exc.__class__.__name__}: {exc}")
         logger.warning("job %d (series %s) attempt %d failed (%s): %s", job.id, job.series, job.attempts,
                        state, exc)

@@ -7,10 +7,13 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["AUTH_ENV", "WorkerSettings"]
+__all__ = ["AUTH_ENV", "KNOWN_DERIVATIONS", "WorkerSettings"]
 
 #: Environment variable carrying the REST ``Authorization`` value (kept out of argv and files).
 AUTH_ENV = "BIDSBRIDGE_ORTHANC_AUTHORIZATION"
+
+#: Derivations a rule or ``POST /bidsbridge/series/{id}/convert`` may ask for.
+KNOWN_DERIVATIONS = ("adc",)
 
 
 @dataclass(frozen=True)
