@@ -202,8 +202,8 @@ class BidsBridgePlugin:
                 options = {key: headers[f"x-bidsbridge-{key.replace('_', '-')}"]
                            for key in ("labels", "desc", "segmentation_type")
                            if f"x-bidsbridge-{key.replace('_', '-')}" in headers}
-                return self.routes.series(method, series_id, action, body if isinstance(body, bytes) else b"",
-                                          headers.get("content-type", ""), {**options, **get})
+                return self.routes.series(method, series_id, action, body=body if isinstance(body, bytes) else b"",
+                                          content_type=headers.get("content-type", ""), get={**options, **get})
             case ["status"]:
                 return self.routes.status_route(method)
         return Response.error(404, f"no bidsbridge route {uri}")

@@ -112,7 +112,7 @@ class Routes:
             return Response.json(retried.to_dict() if retried else None, 202)
         return Response.error(404, f"unknown job action {action!r}")
 
-    def series(self, method: str, series_id: str, action: str, body: bytes = b"",
+    def series(self, method: str, series_id: str, action: str, *, body: bytes = b"",
                content_type: str = "", get: Mapping[str, str] | None = None) -> Response:
         if action == "segmentations":
             if method != "POST":

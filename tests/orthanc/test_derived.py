@@ -14,6 +14,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
+from converters.derived import derive_adc
 from tests.orthanc.conftest import Harness, series_uid
 
 pytestmark = pytest.mark.orthanc
@@ -133,8 +134,6 @@ def test_adc_parametric_map_seg_and_sr_are_stored_in_the_study(
 def test_segmentation_from_another_tool_is_converted_into_the_derivatives(
     orthanc_factory: Callable[..., Harness], corpus: Path, tmp_path: Path
 ) -> None:
-    from converters.derived import derive_adc
-
     dwi = corpus / "dcm_qa_xa30" / "In" / "10_DWI_dir80_PA"
     made = derive_adc(dwi, tmp_path / "adc")
     seg = pydicom.dcmread(next(p for p in made if p.name.endswith("_mask_seg.dcm")))
