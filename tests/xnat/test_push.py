@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import xnat as xnat_py
 
+import xnat_container.push as push_module
 from tests.xnat.conftest import PASSWORDS, PROJECT, make_destination, md5
 from tests.xnat_emulator import XnatEmulator
 from xnat_container import (
@@ -83,7 +85,7 @@ def test_repush_is_a_noop(xa30_bids: Path, emulator: XnatEmulator, destination):
     second = push_dataset(destination, PROJECT, xa30_bids)
     assert len(second) == 1
     again = second[0]
-    print(f"re-push: {again.files_uploaded} uploaded, {again.files_skipped_identical} skipped, {again.requests} requests")
+    print(f"re-push: {again.files_uploaded} uploaded, {again.files_skipped_identical} skipped, {again.requests} req.")
     assert again.files_uploaded == 0 and again.bytes_uploaded == 0
     assert again.files_skipped_identical == again.files_verified == first.files_uploaded
     assert emulator.count_requests("PUT", r"/files/") == uploads_before
@@ -105,8 +107,6 @@ def test_one_series_then_the_rest_gives_the_same_state(xa30_bids: Path, emulator
 
 
 def test_changed_local_file_is_uploaded_again(xa30_bids: Path, emulator: XnatEmulator, destination, tmp_path):
-    import shutil
-
     copy = tmp_path / "bids"
     shutil.copytree(xa30_bids, copy)
     push_session(destination, PROJECT, copy, SUBJECT, SESSION)
@@ -162,8 +162,6 @@ def test_unreachable_xnat_is_retryable(xa30_bids: Path, emulator: XnatEmulator):
 
 def test_duplicates_answer_is_a_failure(xa30_bids: Path, emulator: XnatEmulator, destination: Destination, monkeypatch):
     """A server that ignores overwrite=true answers {"duplicates": [...]}; that must not pass as delivered."""
-    import xnat_container.push as push_module
-
     push_session(destination, PROJECT, xa30_bids, SUBJECT, SESSION)
     request = push_module.XnatClient.request
 
