@@ -334,7 +334,7 @@ class _Builder:
         if "dataset" in keys:
             dataset = self.text(keys["dataset"][1], "convert dataset") or "default"
             self.known(keys["dataset"][1].position, "dataset", dataset, self.context.datasets,
-                       "--orthanc-config (BidsBridge.Datasets)", always={"default"})
+                       source="--orthanc-config (BidsBridge.Datasets)", always={"default"})
         datatype = suffix = None
         if "datatype" in keys:
             datatype = self.text(keys["datatype"][1], "datatype")
@@ -388,7 +388,7 @@ class _Builder:
         server = self.text(keys["server"][1], "push_xnat server")
         if server is not None:
             self.known(keys["server"][1].position, "XNAT destination", server, self.context.destinations,
-                       "--destinations or --orthanc-config (BidsBridge.Destinations)")
+                       source="--destinations or --orthanc-config (BidsBridge.Destinations)")
         project = self.template(keys["project"][1], "push_xnat project", "xnat")
         subject = self.template(keys["subject"][1], "push_xnat subject", "xnat") if "subject" in keys else None
         session = self.template(keys["session"][1], "push_xnat session", "xnat") if "session" in keys else None
@@ -411,9 +411,9 @@ class _Builder:
             return None
         if kind == "modality":
             self.known(value.position, "Orthanc modality", target, self.context.modalities,
-                       "--orthanc-config (DicomModalities)")
+                       source="--orthanc-config (DicomModalities)")
             return ForwardAction(target, "modality", at)
-        self.known(value.position, "Orthanc peer", target, self.context.peers, "--orthanc-config (OrthancPeers)")
+        self.known(value.position, "Orthanc peer", target, self.context.peers, source="--orthanc-config (OrthancPeers)")
         return ForwardAction(target, "peer", at)
 
     def skip(self, node: YNode, at: Position) -> Action | None:
@@ -426,7 +426,7 @@ class _Builder:
         reason = self.template(node, "skip reason", "text")
         return None if reason is None else SkipAction(reason, at)
 
-    def known(self, at: Position, what: str, name: str, known: frozenset[str] | None, source: str,
+    def known(self, at: Position, what: str, name: str, known: frozenset[str] | None, *, source: str,
               always: set[str] | None = None) -> None:
         if always and name in always:
             return
@@ -500,7 +500,8 @@ class _Builder:
         else:
             node = keys["version"][1]
             if not (isinstance(node, YScalar) and node.type == "int" and node.value == VERSION):
-                self.error(node.position, f"version must be {VERSION}, not {node.text if isinstance(node, YScalar) else _kind(node)}",
+                shown = node.text if isinstance(node, YScalar) else _kind(node)
+                self.error(node.position, f"version must be {VERSION}, not {shown}",
                            f"this bidsbridge reads rule files of version {VERSION}")
             else:
                 version = VERSION

@@ -53,12 +53,13 @@ def _text(value: object) -> str:
 
 def _attributes(dataset: Dataset) -> dict[str, str]:
     attributes: dict[str, str] = {}
-    for element in dataset:
-        if element.VR in _BINARY_VRS or element.tag.group in (0x0002, 0x7FE0):
-            continue
+    for tag in list(dataset.keys()):
         try:
+            element = dataset[tag]
+            if element.VR in _BINARY_VRS or element.tag.group in (0x0002, 0x7FE0):
+                continue
             value = _text(element.value)
-        except Exception:  # noqa: BLE001 - a malformed value is left out, never fatal
+        except Exception:
             continue
         key = element.keyword or tag_key(element.tag.group, element.tag.element)
         attributes[key] = value[:MAX_VALUE]
@@ -171,7 +172,7 @@ def facts_from_folder(folder: Path, *, source: SourceFacts | None = None) -> tup
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=True)
             uid = str(dataset.SeriesInstanceUID)
-        except Exception:  # noqa: BLE001 - pydicom raises many types on non-DICOM or damaged files
+        except Exception:
             unreadable.append(path)
             continue
         groups.setdefault(uid, []).append((path, dataset))

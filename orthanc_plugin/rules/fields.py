@@ -63,7 +63,8 @@ def parse_field(name: str) -> FieldRef:
     if name.isascii() and name.isidentifier() and tag_for_keyword(name) is not None:
         return FieldRef(name, name, "dicom")
     close = difflib.get_close_matches(name, keyword_dict.keys(), n=3) if len(name) <= 64 else []
-    hint = f"did you mean {', '.join(close)}?" if close else "use a keyword from the DICOM dictionary or a tag GGGG,EEEE"
+    hint = (f"did you mean {', '.join(close)}?" if close
+            else "use a keyword from the DICOM dictionary or a tag GGGG,EEEE")
     if not name.isascii():
         hint = "the name has non-ASCII characters (look-alike letters?); " + hint
     raise FieldError(f"unknown DICOM keyword {name!r}", hint)

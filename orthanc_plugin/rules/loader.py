@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from yaml.events import AliasEvent, NodeEvent
@@ -65,7 +65,7 @@ YNode = YScalar | YSeq | YMap
 
 
 class _Refused(Exception):
-    def __init__(self, message: str, hint: str, mark: yaml.Mark | None) -> None:
+    def __init__(self, message: str, hint: str, mark: Any) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -80,7 +80,7 @@ class _SafeComposer(yaml.SafeLoader):
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, AliasEvent):
             raise _Refused(
                 f"alias *{event.anchor} is not allowed",
@@ -109,7 +109,7 @@ class _SafeComposer(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _position(mark: yaml.Mark | None) -> Position:
+def _position(mark: Any) -> Position:
     if mark is None:
         return Position(1, 1)
     return Position(mark.line + 1, mark.column + 1)

@@ -17,12 +17,13 @@ applied to values up to :data:`MAX_REGEX_INPUT` characters (longer values do not
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from .fields import lookup
-from .model import All, AnyOf, Condition, Not, SeriesFacts, Test
+from .model import All, Condition, Not, SeriesFacts, Test
 
 __all__ = [
     "MAX_REGEX_INPUT",
@@ -100,7 +101,8 @@ def _inspect(subpattern: Any, counts: list[int]) -> None:
     for op_code, av in subpattern:
         op = str(op_code)
         if op in ("GROUPREF", "GROUPREF_EXISTS"):
-            raise RegexError("backreferences are not allowed in rule regexes", "match the text without \\1 or (?P=name)")
+            raise RegexError("backreferences are not allowed in rule regexes",
+                             "match the text without \\1 or (?P=name)")
         if op in _REPEATS:
             low, high, body = av
             if high == _UNBOUNDED:
@@ -130,7 +132,8 @@ def compile_regex(pattern: str, *, ignore_case: bool = False) -> re.Pattern[str]
         parsed = _parser.parse(pattern, flags)
         compiled = re.compile(pattern, flags)
     except re.error as exc:
-        raise RegexError(f"invalid regex: {exc}", "check the brackets and escapes (quote the pattern in YAML)") from None
+        raise RegexError(f"invalid regex: {exc}",
+                         "check the brackets and escapes (quote the pattern in YAML)") from None
     except (RecursionError, OverflowError, AssertionError, ValueError) as exc:
         raise RegexError(f"regex rejected: {type(exc).__name__}", "simplify the pattern") from None
     counts = [0]
@@ -181,7 +184,7 @@ def _number(text: str) -> float | None:
         value = float(text.strip())
     except ValueError:
         return None
-    return value if value == value else None  # NaN compares false to everything
+    return None if math.isnan(value) else value  # NaN compares false to everything
 
 
 def _test(test: Test, facts: SeriesFacts) -> Outcome:

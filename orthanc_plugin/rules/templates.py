@@ -10,7 +10,8 @@ path or a URL, and becomes one safe ASCII path segment:
 ``index``  BIDS index entities (``run``, ``echo``): digits only.
 ``xnat``   XNAT project/subject/session IDs: letters, digits, ``_`` and ``-``; anything else
            becomes ``_``; never ``/``, ``.`` or an empty string.
-``text``   free text (a skip reason): substituted, control characters removed, not a path.
+``text``   free text (a skip reason): substituted (a missing attribute gives ``?``), control
+           characters removed, not a path.
 
 The literal text of a path template is checked as strictly when the rule file is checked, so
 ``../{PatientID}`` or ``/etc`` is an error there, not something silently rewritten.
@@ -169,6 +170,8 @@ def render(template: Template, facts: SeriesFacts, kind: TemplateKind) -> Render
             pieces.append(part)
             continue
         value = lookup(facts, part.field)
+        if value is None and kind == "text":
+            value = "?"
         if value is None:
             return Rendered(None, f"template {template.source!r}: the series has no {part.field.name}")
         for name in part.filters:

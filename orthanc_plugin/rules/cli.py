@@ -1,0 +1,280 @@
+"""The ``rules`` subcommand: ``rules check FILE`` and ``rules test [FILE] (--dicom DIR | --orthanc URL --series ID)``.
+
+``check`` prints every problem as ``FILE:LINE:COL: message`` with a hint and exits 1 on any
+error (notes, such as destinations that could not be verified, do not fail). Pass
+``--orthanc-config`` (Orthanc's JSON configuration: ``BidsBridge.Destinations``/``Datasets``,
+``DicomModalities``, ``OrthancPeers``) or ``--destinations`` (a JSON object or list of XNAT
+aliases) to check names against the deployment.
+
+``test`` is a dry run: it prints, per series, the rules that matched, the first failing condition
+of each rule that did not, and the planned outcome (BIDS paths previewed from headers, XNAT URIs,
+forwards, skips). It writes nothing. ``--json`` prints a JSON list, one object per series.
+Exit codes: 0 every series has a decision, 1 the rules are invalid or a decision has problems,
+2 the series could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .check import CheckContext, check_rules, load_default_rules, parse_rules
+from .errors import Diagnostic, RulesError
+from .facts import facts_from_folder, fetch_orthanc_facts
+from .loader import MAX_FILE_BYTES
+from .model import RuleSet, SeriesFacts
+from .plan import Decision, PlannedConvert, PlannedDerive, PlannedForward, PlannedPush, PlannedSkip, evaluate
+from .preview import BidsPreview, preview_convert
+
+__all__ = ["main", "read_orthanc_config", "register"]
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add ``rules`` with ``check`` and ``test``; each stores its handler as ``handler``."""
+    rules = subparsers.add_parser("rules", help="check and dry-run routing rule files", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
+
+    check = commands.add_parser("check", help="check a rule file (exit 1 on any error)")
+    check.add_argument("file", type=Path, metavar="FILE")
+    _context_options(check)
+    check.set_defaults(handler=run_check)
+
+    test = commands.add_parser("test", help="dry run: what the rules decide for each series (writes nothing)")
+    test.add_argument("file", type=Path, nargs="?", metavar="FILE", help="rule file (default: the shipped rules)")
+    source = test.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dicom", type=Path, metavar="DIR", help="folder of DICOM files (headers are read)")
+    source.add_argument("--orthanc", metavar="URL", help="Orthanc's REST API, with --series")
+    test.add_argument("--series", metavar="ID", help="Orthanc series identifier (with --orthanc)")
+    test.add_argument("--orthanc-user", metavar="USER",
+                      help="REST user; the password comes from the ORTHANC_PASSWORD environment variable")
+    test.add_argument("--calling-aet", help="with --dicom: pretend the files came from this calling AET")
+    test.add_argument("--called-aet", help="with --dicom: pretend the files were sent to this AET")
+    test.add_argument("--remote-ip", help="with --dicom: pretend the files came from this address")
+    test.add_argument("--json", action="store_true", help="print a JSON list, one object per series")
+    _context_options(test)
+    test.set_defaults(handler=run_test)
+
+
+def _context_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--orthanc-config", type=Path, metavar="FILE",
+                        help="Orthanc configuration JSON: check destinations, datasets, modalities, peers")
+    parser.add_argument("--destinations", type=Path, metavar="FILE",
+                        help="JSON object or list naming the known XNAT destination aliases")
+
+
+def _strip_json_comments(text: str) -> str:
+    """Orthanc's configuration files may hold // and /* */ comments; drop them outside strings."""
+    out: list[str] = []
+    index, length = 0, len(text)
+    in_string = False
+    while index < length:
+        char = text[index]
+        if in_string:
+            out.append(char)
+            if char == "\\" and index + 1 < length:
+                out.append(text[index + 1])
+                index += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+            out.append(char)
+        elif text.startswith("//", index):
+            end = text.find("\n", index)
+            index = length if end < 0 else end
+            continue
+        elif text.startswith("/*", index):
+            end = text.find("*/", index + 2)
+            index = length if end < 0 else end + 2
+            continue
+        else:
+            out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def read_orthanc_config(path: Path) -> dict[str, Any]:
+    """Read an Orthanc configuration file (JSON with comments); raise ValueError/OSError."""
+    value = json.loads(_strip_json_comments(path.read_text(encoding="utf-8")))
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: an Orthanc configuration is a JSON object")
+    return value
+
+
+def _context(args: argparse.Namespace) -> CheckContext:
+    context = CheckContext()
+    if args.orthanc_config is not None:
+        context = CheckContext.from_orthanc_config(read_orthanc_config(args.orthanc_config))
+    if args.destinations is not None:
+        value = json.loads(args.destinations.read_text(encoding="utf-8"))
+        if not isinstance(value, dict | list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{args.destinations}: expected a JSON object or a list of names")
+        context = CheckContext(frozenset(value), context.datasets, context.modalities, context.peers)
+    return context
+
+
+def _print_diagnostics(diagnostics: Sequence[Diagnostic], out: TextIO) -> None:
+    for diagnostic in diagnostics:
+        out.write(diagnostic.format() + "\n")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Handler of ``rules check``."""
+    try:
+        context = _context(args)
+        with args.file.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        print(f"bidsbridge rules check: {exc}", file=sys.stderr)
+        return 1
+    diagnostics = check_rules(data, str(args.file), context)
+    _print_diagnostics(diagnostics, sys.stdout)
+    errors = sum(1 for d in diagnostics if d.severity == "error")
+    if errors:
+        print(f"{args.file}: {errors} error{'s' if errors != 1 else ''}", file=sys.stderr)
+        return 1
+    count = len(parse_rules(data, str(args.file), context)[0].rules)
+    print(f"{args.file}: OK ({count} rules)")
+    return 0
+
+
+def _rules(args: argparse.Namespace, context: CheckContext) -> tuple[RuleSet, tuple[Diagnostic, ...]]:
+    if args.file is None:
+        return load_default_rules(), ()
+    try:
+        with args.file.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise RulesError([Diagnostic(str(args.file), 1, 1, f"cannot read the rule file: {exc.strerror or exc}")]) \
+            from None
+    return parse_rules(data, str(args.file), context)
+
+
+def _series(args: argparse.Namespace) -> list[SeriesFacts]:
+    from .model import SourceFacts  # noqa: PLC0415
+
+    if args.dicom is not None:
+        if not args.dicom.is_dir():
+            raise ValueError(f"{args.dicom} is not a folder")
+        source = SourceFacts(args.calling_aet, args.called_aet, args.remote_ip)
+        found, unreadable = facts_from_folder(args.dicom, source=source)
+        if unreadable:
+            print(f"bidsbridge rules test: {len(unreadable)} files are not DICOM, left out (first: {unreadable[0]})",
+                  file=sys.stderr)
+        if not found:
+            raise ValueError(f"no DICOM series found in {args.dicom}")
+        return [item.facts for item in found]
+    if not args.series:
+        raise ValueError("--orthanc needs --series ID")
+    auth = None
+    if args.orthanc_user:
+        auth = (args.orthanc_user, os.environ.get("ORTHANC_PASSWORD", ""))
+    return [fetch_orthanc_facts(args.orthanc, args.series, auth=auth)]
+
+
+def _title(decision: Decision) -> str:
+    number = f"#{decision.series_number} " if decision.series_number else ""
+    return f"{number}{decision.series_description or '(no description)'} [{decision.series_uid}]"
+
+
+def _text(decision: Decision, previews: list[BidsPreview], out: TextIO) -> None:
+    out.write(f"{_title(decision)}: {decision.outcome.upper()}\n")
+    for trace in decision.trace:
+        if trace.status == "matched":
+            out.write(f"  matched      {trace.rule} (line {trace.line})\n")
+        elif trace.status == "no-match":
+            out.write(f"  not matched  {trace.rule}: {trace.reason}\n")
+        else:
+            out.write(f"  not tried    {trace.rule}: {trace.reason}\n")
+    converts = iter(previews)
+    for action in decision.actions:
+        if isinstance(action, PlannedConvert):
+            preview = next(converts)
+            forced = ""
+            if action.override is not None:
+                parts = [action.override.datatype or "", action.override.suffix or ""]
+                entities = "_".join(f"{k}-{v}" for k, v in action.override.entities.items() if v)
+                forced = f" (forced: {'/'.join(p for p in parts if p)}{' ' + entities if entities else ''})"
+            where = preview.path or "path decided at conversion"
+            out.write(f"  -> convert into dataset {action.dataset!r}{forced}: {where}\n")
+            out.write(f"     {preview.note}\n")
+        elif isinstance(action, PlannedDerive):
+            out.write(f"  -> derive {', '.join(action.names)} (rule {action.rule})\n")
+        elif isinstance(action, PlannedPush):
+            out.write(f"  -> push to {action.uri} (rule {action.rule})\n")
+        elif isinstance(action, PlannedForward):
+            out.write(f"  -> forward to Orthanc {action.kind} {action.target!r} (rule {action.rule})\n")
+        elif isinstance(action, PlannedSkip):
+            by = f"rule {action.rule}" if action.rule else "no rule"
+            out.write(f"  -> skip: {action.reason} ({by})\n")
+    for problem in decision.problems:
+        out.write(f"  PROBLEM: {problem}\n")
+
+
+def _record(decision: Decision, previews: list[BidsPreview]) -> dict[str, Any]:
+    record = decision.to_dict()
+    converts = iter(previews)
+    for action in record["actions"]:
+        if action["action"] == "convert":
+            preview = next(converts)
+            action["bids_preview"] = {"path": preview.path, "note": preview.note}
+    return record
+
+
+def run_test(args: argparse.Namespace) -> int:
+    """Handler of ``rules test``."""
+    try:
+        context = _context(args)
+    except (OSError, ValueError) as exc:
+        print(f"bidsbridge rules test: {exc}", file=sys.stderr)
+        return 1
+    try:
+        ruleset, notes = _rules(args, context)
+    except RulesError as exc:
+        _print_diagnostics(exc.diagnostics, sys.stderr)
+        return 1
+    _print_diagnostics(notes, sys.stderr)
+    try:
+        series = _series(args)
+    except Exception as exc:
+        print(f"bidsbridge rules test: cannot read the series: {exc}", file=sys.stderr)
+        return 2
+    records: list[dict[str, Any]] = []
+    problems = False
+    for facts in series:
+        decision = evaluate(ruleset, facts)
+        previews = [preview_convert(facts, action) for action in decision.converts]
+        problems = problems or bool(decision.problems)
+        if args.json:
+            records.append(_record(decision, previews))
+        else:
+            _text(decision, previews, sys.stdout)
+    if args.json:
+        json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        outcomes: dict[str, int] = {}
+        for facts in series:
+            outcome = evaluate(ruleset, facts).outcome
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        summary = ", ".join(f"{count} {name}" for name, count in sorted(outcomes.items()))
+        print(f"{len(series)} series ({summary}) by {ruleset.source} [{ruleset.digest[:19]}]; nothing written")
+    return 1 if problems else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m orthanc_plugin.rules.cli rules ...`` — the subcommand without the plugin's CLI."""
+    parser = argparse.ArgumentParser(prog="python -m orthanc_plugin.rules.cli")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
