@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from converters.bids.dataset import dump_json, sidecar
@@ -80,8 +81,17 @@ def _stage(staging: Path, placements: Sequence[Placement]) -> tuple[StagedImage,
             files[".bvec"] = image.bvec
         elif image.bval or image.bvec:
             logger.info("%s: b-values left out, %s/%s does not take them", image.nifti, target.datatype, target.suffix)
-        staged.append(StagedImage(files=files, target=target))
+        staged.append(StagedImage(files=files, target=target, echo_times=_echo_times(placement)))
     return tuple(staged)
+
+
+def _echo_times(placement: Placement) -> tuple[float, ...]:
+    """Echo times a GRE field-map image stems from (pairs magnitude and phase series)."""
+    if placement.target.datatype != "fmap" or placement.target.suffix == "epi":
+        return ()
+    meta = placement.image.metadata
+    keys = ("EchoTime1", "EchoTime2") if "EchoTime1" in meta else ("EchoTime",)
+    return tuple(float(meta[key]) for key in keys if isinstance(meta.get(key), int | float))
 
 
 def _convert_discovered(
@@ -197,7 +207,8 @@ def convert_tree(
 ) -> list[SeriesResult]:
     """Discover and convert every series under ``input_dir``; one bad series never stops the others.
 
-    Each series gives one result; a series that raised is reported as ``failed`` with the error
+    Each series gives one result, with the files it owns once every series is in (a later true
+    repeat may have renumbered an earlier series' runs); a series that raised is reported as ``failed`` with the error
     message as reason. Files that belong to no series are reported too, with an empty
     ``series_uid`` and their path as ``series_description``: ``skipped`` for plainly non-DICOM
     files (``notes.txt``, DICOMDIR, duplicates), ``failed`` for damaged DICOM-like files.
@@ -225,6 +236,14 @@ def convert_tree(
                 series_number=series.series_number,
             )
         results.append(result)
+    # A later series may have renamed an earlier one's files (runs of true repeats): report where
+    # each series' files are now.
+    results = [
+        replace(result, outputs=tuple(series_outputs(root, result.series_uid)))
+        if result.state == "converted"
+        else result
+        for result in results
+    ]
     for item in (*inventory.foreign, *inventory.unattributed):
         try:
             shown = str(item.path.relative_to(source))

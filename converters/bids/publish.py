@@ -41,14 +41,14 @@ from converters.bids.dataset import (
     readme_text,
     render_tsv,
 )
-from converters.bids.naming import relative_path, scans_path, session_prefix
+from converters.bids.naming import scans_path, session_prefix
+from converters.bids.session import LINK_KEYS, ImageRecord, SeriesEntry, Slot, layout, links
 from converters.errors import DatasetError
 from converters.records import BidsTarget, DicomSeries
 
 __all__ = [
     "BOOKKEEPING_DIR",
     "LOCK_NAME",
-    "MAX_RUN",
     "STALE_STAGING_SECONDS",
     "PublishRequest",
     "Published",
@@ -73,8 +73,6 @@ LOCK_NAME = "lock"
 #: Staging folders older than this (seconds; default one day) belong to crashed processes and are
 #: removed by the next publish. A conversion never takes that long (dcm2niix is killed after 900 s).
 STALE_STAGING_SECONDS = 24 * 3600.0
-#: Highest ``run`` index tried when disambiguating a file name already owned by another series.
-MAX_RUN = 999
 
 _EXTENSION_ORDER = (".nii.gz", ".json", ".bval", ".bvec")
 
@@ -93,6 +91,14 @@ class SeriesManifest:
     outputs: tuple[str, ...]
     #: (file name relative to the session folder, acq_time) for each image, sorted.
     scans: tuple[tuple[str, str], ...] = ()
+    #: Earliest acquisition date-time of the series (BIDS form) or "".
+    acquisition_time: str = ""
+    #: Each image as the classifier placed it, and where it is now (extension -> path).
+    images: tuple[ImageRecord, ...] = ()
+    placed: tuple[Mapping[str, str], ...] = ()
+
+    def entry(self) -> SeriesEntry:
+        return SeriesEntry(self.series_uid, self.series_number, self.acquisition_time, self.images)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,8 +108,13 @@ class SeriesManifest:
             "session": self.session,
             "series_number": self.series_number,
             "series_description": self.series_description,
+            "acquisition_time": self.acquisition_time,
             "outputs": list(self.outputs),
             "scans": [{"filename": name, "acq_time": time} for name, time in self.scans],
+            "images": [
+                {**image.to_json(), "placed": dict(placed)}
+                for image, placed in zip(self.images, self.placed, strict=True)
+            ],
         }
 
     @classmethod
@@ -117,6 +128,9 @@ class SeriesManifest:
             series_description=str(data["series_description"]),
             outputs=tuple(str(p) for p in data["outputs"]),
             scans=tuple((str(s["filename"]), str(s["acq_time"])) for s in data["scans"]),
+            acquisition_time=str(data.get("acquisition_time", "")),
+            images=tuple(ImageRecord.from_json(image) for image in data.get("images", ())),
+            placed=tuple({str(k): str(v) for k, v in image["placed"].items()} for image in data.get("images", ())),
         )
 
 
@@ -127,6 +141,8 @@ class StagedImage:
 
     files: Mapping[str, Path] = field(hash=False)
     target: BidsTarget
+    #: Echo times (s) of a GRE field-map image, to pair magnitude and phase series.
+    echo_times: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -257,48 +273,6 @@ def resolve_session(subject: str, series: DicomSeries, manifests: Mapping[str, S
     raise DatasetError(f"cannot find a free session label for study {series.study_uid} of sub-{subject}; pass session=")
 
 
-def _bump_run(target: BidsTarget, attempt: int) -> BidsTarget:
-    """The ``attempt``-th alternative name: run one above the name's run (or 2 when it has none)."""
-    current = target.entities.get("run")
-    base = int(current) if current is not None else 1
-    return replace(target, entities={**target.entities, "run": str(base + attempt)})
-
-
-def _name_images(
-    root: Path,
-    request: PublishRequest,
-    session: str | None,
-    mine: set[str],
-    others: set[str],
-) -> list[tuple[StagedImage, BidsTarget, dict[str, str]]]:
-    """Final names of each staged image; a name another series (or an unknown file) owns is
-    disambiguated with the lowest free ``run``."""
-    claimed: set[str] = set()
-    named: list[tuple[StagedImage, BidsTarget, dict[str, str]]] = []
-    for image in request.images:
-        target = image.target
-        for attempt in range(MAX_RUN + 1):
-            candidate = target if attempt == 0 else _bump_run(target, attempt)
-            paths = {ext: relative_path(request.subject, session, candidate, ext) for ext in image.files}
-            busy = [
-                p for p in paths.values()
-                if p in claimed or p in others or (p not in mine and (root / p).exists())
-            ]  # fmt: skip
-            if not busy:
-                break
-            if attempt == 0:
-                logger.warning(
-                    "series %s: %s already belongs to another series; adding a run entity",
-                    request.series.series_uid,
-                    busy[0],
-                )
-        else:
-            raise DatasetError(f"no free file name for series {request.series.series_uid} after {MAX_RUN} runs")
-        claimed.update(paths.values())
-        named.append((image, candidate, paths))
-    return named
-
-
 def _refresh_scans(root: Path, subject: str, session: str | None, manifests: Mapping[str, SeriesManifest]) -> None:
     folder, _ = session_prefix(subject, session)
     path = root / scans_path(subject, session)
@@ -361,6 +335,117 @@ def _ensure_dataset_files(root: Path, dcm2niix_version: str) -> None:
         _write_text(root / "README.md", readme_text())
 
 
+def _session_manifests(
+    manifests: Mapping[str, SeriesManifest], subject: str, session: str | None
+) -> list[SeriesManifest]:
+    return [m for m in manifests.values() if m.subject == subject and m.session == session]
+
+
+def _scans_of(manifest: SeriesManifest, slots: list[Slot]) -> tuple[tuple[str, str], ...]:
+    folder, _ = session_prefix(manifest.subject, manifest.session)
+    return tuple(
+        sorted(
+            (slot.paths[".nii.gz"][len(folder) + 1 :], manifest.acquisition_time)
+            for slot in slots
+            if ".nii.gz" in slot.paths
+        )
+    )
+
+
+def _settle(
+    root: Path,
+    subject: str,
+    session: str | None,
+    manifests: dict[str, SeriesManifest],
+    *,
+    incoming: SeriesManifest | None,
+    staged: tuple[StagedImage, ...],
+    previous: SeriesManifest | None,
+) -> None:
+    """Lay out one session again with ``incoming`` (its files in ``staged``) in place of
+    ``previous``, rename what moved, and rewrite the link fields of the session's sidecars."""
+    members = [
+        m
+        for m in _session_manifests(manifests, subject, session)
+        if incoming is None or m.series_uid != incoming.series_uid
+    ]
+    if incoming is not None:
+        members.append(incoming)
+    legacy = {p for m in members if not m.images for p in m.outputs}  # manifests of an older version
+    mine = set(previous.outputs) if previous is not None else set()
+    owned = {p for m in manifests.values() for p in m.outputs} | mine
+
+    def foreign(path: str) -> bool:
+        return path in legacy or (path not in owned and (root / path).exists())
+
+    laid = [m for m in members if m.images]
+    slots = layout(subject, session, [m.entry() for m in laid], foreign)
+
+    renames: list[tuple[str, str]] = []
+    updated: list[SeriesManifest] = []
+    for manifest in laid:
+        placed = tuple(dict(slot.paths) for slot in slots[manifest.series_uid])
+        outputs = tuple(sorted(p for paths in placed for p in paths.values()))
+        if incoming is None or manifest.series_uid != incoming.series_uid:
+            for before, after in zip(manifest.placed, placed, strict=True):
+                renames.extend((before[ext], after[ext]) for ext in sorted(before) if before[ext] != after[ext])
+        if manifest.placed != placed or manifest.outputs != outputs or manifest is incoming:
+            updated.append(
+                replace(manifest, placed=placed, outputs=outputs, scans=_scans_of(manifest, slots[manifest.series_uid]))
+            )
+
+    new_mine: set[str] = set()
+    if incoming is not None:
+        new_mine = {p for slot in slots[incoming.series_uid] for p in slot.paths.values()}
+        if new_mine - mine:
+            # Claim the new names before the first rename: if this process dies half-way, the
+            # next publish of the series finds them owned by it and replaces them.
+            claim = replace(incoming, outputs=tuple(sorted(new_mine | mine)), images=(), placed=())
+            _write_text(manifest_path(root, incoming.series_uid), dump_json(claim.to_json()))
+
+    hold = make_staging_dir(root) if renames else None
+    try:
+        held: list[tuple[Path, str]] = []
+        for number, (old, new) in enumerate(renames):
+            assert hold is not None
+            source = root / old
+            if source.exists():
+                os.replace(source, hold / str(number))
+                held.append((hold / str(number), new))
+            _remove_empty_parents(root, source)
+        for stale in sorted(mine - new_mine):
+            (root / stale).unlink(missing_ok=True)
+            _remove_empty_parents(root, root / stale)
+        for source, new in held:
+            (root / new).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, root / new)
+        if incoming is not None:
+            for image, slot in zip(staged, slots[incoming.series_uid], strict=True):
+                for ext in sorted(slot.paths, key=_EXTENSION_ORDER.index):
+                    destination = root / slot.paths[ext]
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(image.files[ext], destination)
+    finally:
+        if hold is not None:
+            discard_staging(hold)
+    for manifest in updated:
+        _write_text(manifest_path(root, manifest.series_uid), dump_json(manifest.to_json()))
+        manifests[manifest.series_uid] = manifest
+
+    # Field-map links: B0FieldIdentifier / B0FieldSource / IntendedFor, recomputed for the session.
+    linked = links(subject, session, [m.entry() for m in laid], slots)
+    for relative, fields in sorted(linked.items()):
+        path = root / relative
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"cannot update the field-map links in {path}: {exc}") from exc
+        wanted = {k: v for k, v in current.items() if k not in LINK_KEYS}
+        wanted.update({key: fields[key] for key in LINK_KEYS if key in fields})
+        if wanted != current or list(wanted) != list(current):
+            _write_text(path, dump_json(wanted))
+
+
 def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Published:
     """Publish one series under the dataset lock; see the module docstring."""
     uid = request.series.series_uid
@@ -371,50 +456,54 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
             session = request.session
             if session is None:
                 session = resolve_session(request.subject, request.series, manifests)
-            mine = set(previous.outputs) if previous else set()
-            others = {p for m in manifests.values() if m.series_uid != uid for p in m.outputs}
-            named = _name_images(root, request, session, mine, others)
-            outputs = {path for _image, _target, paths in named for path in paths.values()}
-            folder, _ = session_prefix(request.subject, session)
-            scans = sorted(
-                (paths[".nii.gz"][len(folder) + 1 :], request.series.acquisition_time) for _i, _t, paths in named
-            )
-            manifest = SeriesManifest(
-                series_uid=uid,
-                study_uid=request.series.study_uid,
-                subject=request.subject,
-                session=session,
-                series_number=request.series.series_number,
-                series_description=request.series.series_description,
-                outputs=tuple(sorted(outputs)),
-                scans=tuple(scans),
-            )
-            path = manifest_path(root, uid)
-            if outputs - mine:
-                # Claim the new names before the first rename: if this process dies half-way, the
-                # next publish of the series finds them owned by it (not by a stranger) and
-                # replaces or removes them instead of moving to run-2.
-                claim = replace(manifest, outputs=tuple(sorted(outputs | mine)))
-                _write_text(path, dump_json(claim.to_json()))
-            for image, _target, paths in named:
-                for ext in sorted(paths, key=_EXTENSION_ORDER.index):
-                    destination = root / paths[ext]
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(image.files[ext], destination)
-            for stale in sorted(mine - outputs):
-                (root / stale).unlink(missing_ok=True)
-                _remove_empty_parents(root, root / stale)
-
-            if outputs:
-                _write_text(path, dump_json(manifest.to_json()))
-                manifests[uid] = manifest
-            elif previous is not None:
-                path.unlink(missing_ok=True)
+            incoming: SeriesManifest | None = None
+            if request.images:
+                incoming = SeriesManifest(
+                    series_uid=uid,
+                    study_uid=request.series.study_uid,
+                    subject=request.subject,
+                    session=session,
+                    series_number=request.series.series_number,
+                    series_description=request.series.series_description,
+                    outputs=(),
+                    acquisition_time=request.series.acquisition_time,
+                    images=tuple(
+                        ImageRecord(
+                            datatype=image.target.datatype,
+                            suffix=image.target.suffix,
+                            entities=dict(image.target.entities),
+                            extensions=tuple(sorted(image.files, key=_EXTENSION_ORDER.index)),
+                            echo_times=image.echo_times,
+                        )
+                        for image in request.images
+                    ),
+                )
+            touched: set[tuple[str, str | None]] = set()
+            if previous is not None and (
+                incoming is None or (previous.subject, previous.session) != (request.subject, session)
+            ):
+                # The series leaves its session (skipped now, or moved): remove its files there.
+                for stale in sorted(previous.outputs):
+                    (root / stale).unlink(missing_ok=True)
+                    _remove_empty_parents(root, root / stale)
+                manifest_path(root, uid).unlink(missing_ok=True)
                 del manifests[uid]
-
-            touched: set[tuple[str, str | None]] = {(request.subject, session)} if outputs else set()
-            if previous is not None:
+                _settle(root, previous.subject, previous.session, manifests, incoming=None, staged=(), previous=None)
                 touched.add((previous.subject, previous.session))
+                previous = None
+            outputs: tuple[str, ...] = ()
+            if incoming is not None:
+                _settle(
+                    root,
+                    request.subject,
+                    session,
+                    manifests,
+                    incoming=incoming,
+                    staged=request.images,
+                    previous=previous,
+                )
+                outputs = manifests[uid].outputs
+                touched.add((request.subject, session))
             for subject, touched_session in sorted(touched, key=str):
                 _refresh_scans(root, subject, touched_session, manifests)
             _refresh_participants(root, manifests)
@@ -424,7 +513,7 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
         if isinstance(exc, DatasetError):
             raise
         raise DatasetError(f"cannot publish series {uid} into {root}: {exc}") from exc
-    return Published(outputs=tuple(sorted(outputs)), session=session)
+    return Published(outputs=outputs, session=session)
 
 
 def _sweep_stale_staging(root: Path) -> None:

@@ -83,8 +83,8 @@ def _publish_many(root: Path, worker: int, start: multiprocessing.synchronize.Ba
 
 def test_racing_publishers_lose_nothing(tmp_path: Path) -> None:
     """The critical section under the dataset lock, hammered by processes starting together, all
-    wanting the same file name: each series must end up with its own file (plain, run-2, run-3,
-    ...), listed once in scans.tsv, and nobody's file may be overwritten."""
+    wanting the same file name: each series must end up with its own file (run-1, run-2, ... in
+    acquisition order), listed once in scans.tsv, and nobody's file may be overwritten."""
     context = multiprocessing.get_context("spawn")
     root = tmp_path / "bids"
     start = context.Barrier(WORKERS)
@@ -105,11 +105,14 @@ def test_racing_publishers_lose_nothing(tmp_path: Path) -> None:
             owners[path] = manifest["series_uid"]
         (nifti,) = [p for p in manifest["outputs"] if p.endswith(".nii.gz")]
         assert (root / nifti).read_bytes() == f"{worker}/{index}".encode(), f"{nifti} was overwritten"
+        # True repeats are numbered in acquisition order (09:<worker>:<index>), whatever the arrival.
+        rank = (int(worker) // 2) * SERIES_PER_WORKER + int(index) + 1
+        assert nifti.endswith(f"_acq-race_run-{rank}_T1w.nii.gz"), (nifti, rank)
     per_subject = SERIES_PER_WORKER * WORKERS // 2
     for subject in ("P0", "P1"):
         session = root / f"sub-{subject}/ses-20240102"
         names = sorted(p.name for p in (session / "anat").glob("*.nii.gz"))
-        expected_runs = [""] + [f"_run-{n}" for n in range(2, per_subject + 1)]
+        expected_runs = [f"_run-{n}" for n in range(1, per_subject + 1)]
         assert names == sorted(f"sub-{subject}_ses-20240102_acq-race{run}_T1w.nii.gz" for run in expected_runs)
         rows = (session / f"sub-{subject}_ses-20240102_scans.tsv").read_text().splitlines()[1:]
         assert sorted(row.split("\t")[0] for row in rows) == sorted(f"anat/{name}" for name in names)

@@ -1,0 +1,246 @@
+"""Session-wide naming and linking: pure functions of the series a session holds.
+
+Whatever order series arrive in (plugin workers run in parallel), the final names and the
+cross-series sidecar fields of a session are computed from all its series at once, so the
+dataset ends up the same as after a sequential conversion:
+
+- **true repeats** — series whose images would get the same name (apart from ``run``) — are
+  numbered ``run-1``, ``run-2``, ... in acquisition order (AcquisitionDateTime, then
+  SeriesNumber, then SeriesInstanceUID); a name used once keeps the run its series asked for
+  (a ReproIn ``run-1``) or none;
+- **GRE field-map sets**: a magnitude series and the phase series acquired right after it with
+  the same echo times (Siemens writes them as two series) form one set and share one run;
+- **field-map links**: each raw ``func``/``dwi``/``perf`` image gets ``B0FieldSource`` naming the
+  field-map set acquired closest before it (else the first one after it); the set's images get
+  that ``B0FieldIdentifier`` and ``IntendedFor`` (BIDS URIs) listing the images they correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from converters.bids.naming import relative_path, session_prefix
+from converters.records import BidsTarget
+
+__all__ = [
+    "CORRECTED",
+    "LINK_KEYS",
+    "ImageRecord",
+    "SeriesEntry",
+    "Slot",
+    "layout",
+    "links",
+]
+
+#: GRE field-map suffixes (BIDS "fieldmaps" cases 1-3).
+_GRE = frozenset({"magnitude1", "magnitude2", "phasediff", "phase1", "phase2", "magnitude", "fieldmap"})
+#: (datatype, suffix) of raw images a field map corrects.
+CORRECTED = frozenset({
+    ("func", "bold"), ("func", "sbref"), ("dwi", "dwi"), ("dwi", "sbref"), ("perf", "asl"), ("perf", "m0scan"),
+})  # fmt: skip
+#: Sidecar keys owned by :func:`links`; recomputed on every publish of the session.
+LINK_KEYS = ("B0FieldIdentifier", "B0FieldSource", "IntendedFor")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a series as the classifier placed it, before session-wide numbering."""
+
+    datatype: str
+    suffix: str
+    entities: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: File extensions written for the image (``.nii.gz``, ``.json``, ...).
+    extensions: tuple[str, ...] = ()
+    #: Echo times (s) a GRE field-map image stems from, to pair magnitude and phase series.
+    echo_times: tuple[float, ...] = ()
+
+    def target(self, run: str | None) -> BidsTarget:
+        entities = {k: v for k, v in self.entities.items() if k != "run"}
+        if run is not None:
+            entities["run"] = run
+        return BidsTarget(self.datatype, self.suffix, entities)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "datatype": self.datatype,
+            "suffix": self.suffix,
+            "entities": dict(self.entities),
+            "extensions": list(self.extensions),
+            "echo_times": list(self.echo_times),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageRecord:
+        return cls(
+            datatype=str(data["datatype"]),
+            suffix=str(data["suffix"]),
+            entities={str(k): str(v) for k, v in data["entities"].items()},
+            extensions=tuple(str(e) for e in data["extensions"]),
+            echo_times=tuple(float(t) for t in data.get("echo_times", ())),
+        )
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    """What :func:`layout` needs to know of one series of the session."""
+
+    series_uid: str
+    series_number: int | None
+    acquisition_time: str
+    images: tuple[ImageRecord, ...]
+
+    @property
+    def order(self) -> tuple[str, int, str]:
+        return (self.acquisition_time or "~", -1 if self.series_number is None else self.series_number, self.series_uid)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Final place of one image: its target and its files (extension -> path from the dataset root)."""
+
+    target: BidsTarget
+    paths: Mapping[str, str] = field(hash=False)
+
+
+def _base(image: ImageRecord) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    return image.datatype, image.suffix, tuple(sorted((k, v) for k, v in image.entities.items() if k != "run"))
+
+
+def _is_gre(entry: SeriesEntry) -> bool:
+    return bool(entry.images) and all(i.datatype == "fmap" and i.suffix in _GRE for i in entry.images)
+
+
+def _echoes_fit(members: Sequence[SeriesEntry], entry: SeriesEntry) -> bool:
+    times = {round(t, 6) for m in (*members, entry) for i in m.images for t in i.echo_times}
+    return len(times) <= 2
+
+
+def _units(entries: Sequence[SeriesEntry]) -> list[list[SeriesEntry]]:
+    """Series grouped into naming units: a GRE field-map set, or one series."""
+    units: list[list[SeriesEntry]] = []
+    open_sets: dict[tuple[tuple[str, str], ...], list[SeriesEntry]] = {}
+    for entry in sorted(entries, key=lambda e: e.order):
+        if not _is_gre(entry):
+            units.append([entry])
+            continue
+        key = tuple(sorted((k, v) for i in entry.images for k, v in i.entities.items() if k != "run"))
+        current = open_sets.get(key)
+        suffixes = {i.suffix for i in entry.images}
+        if current is not None:
+            taken = {i.suffix for m in current for i in m.images}
+            if not taken & suffixes and _echoes_fit(current, entry):
+                current.append(entry)
+                continue
+        current = [entry]
+        open_sets[key] = current
+        units.append(current)
+    return units
+
+
+def layout(
+    subject: str, session: str | None, entries: Sequence[SeriesEntry], foreign: Callable[[str], bool]
+) -> dict[str, list[Slot]]:
+    """Final names of every image of the session's series, by SeriesInstanceUID.
+
+    ``foreign(path)`` says whether a path is taken by a file no series owns (it is never
+    overwritten: the unit moves to the next free run).
+    """
+    units = _units(entries)
+    # Units that share any base name are repeats of one another (union-find over names).
+    parent = list(range(len(units)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[tuple[str, str, tuple[tuple[str, str], ...]], int] = {}
+    for index, unit in enumerate(units):
+        for entry in unit:
+            for image in entry.images:
+                base = _base(image)
+                if base in owner:
+                    parent[find(index)] = find(owner[base])
+                else:
+                    owner[base] = index
+    groups: dict[int, list[int]] = {}
+    for index in range(len(units)):
+        groups.setdefault(find(index), []).append(index)
+
+    slots: dict[str, list[Slot]] = {}
+    for members in groups.values():
+        members.sort(key=lambda i: units[i][0].order)
+        for position, index in enumerate(members, start=1):
+            unit = units[index]
+            if len(members) == 1:
+                runs = {i.entities.get("run") for e in unit for i in e.images}
+                run = runs.pop() if len(runs) == 1 else None
+            else:
+                run = str(position)
+            attempt = 0
+            while True:
+                candidate = run if attempt == 0 else str((int(run) if run else 1) + attempt)
+                placed = {
+                    entry.series_uid: [
+                        Slot(
+                            image.target(candidate),
+                            {
+                                ext: relative_path(subject, session, image.target(candidate), ext)
+                                for ext in image.extensions
+                            },
+                        )
+                        for image in entry.images
+                    ]
+                    for entry in unit
+                }
+                if not any(foreign(p) for images in placed.values() for slot in images for p in slot.paths.values()):
+                    break
+                attempt += 1
+            slots.update(placed)
+    return slots
+
+
+def _uri(path: str) -> str:
+    return f"bids::{path}"
+
+
+def links(
+    subject: str, session: str | None, entries: Sequence[SeriesEntry], slots: Mapping[str, Sequence[Slot]]
+) -> dict[str, dict[str, Any]]:
+    """Linking sidecar fields (:data:`LINK_KEYS`) for each image of the session, by its ``.json``
+    path; images without links map to ``{}``."""
+    units = [unit for unit in _units(entries) if _is_gre(unit[0]) or any(
+        i.datatype == "fmap" and i.suffix == "epi" for e in unit for i in e.images
+    )]  # fmt: skip
+    fields: dict[str, dict[str, Any]] = {
+        slot.paths[".json"]: {} for uid in slots for slot in slots[uid] if ".json" in slot.paths
+    }
+    if not units:
+        return fields
+    _, prefix = session_prefix(subject, session)
+    label = prefix.split("_", 1)[1] if "_" in prefix else ""
+    names = [f"{label}_fmap{n}" if label else f"fmap{n}" for n in range(1, len(units) + 1)]
+    starts = [unit[0].order for unit in units]
+    served: dict[int, list[str]] = {n: [] for n in range(len(units))}
+    for entry in sorted(entries, key=lambda e: e.order):
+        for image, slot in zip(entry.images, slots.get(entry.series_uid, ()), strict=False):
+            if (image.datatype, image.suffix) not in CORRECTED or ".json" not in slot.paths:
+                continue
+            before = [n for n, start in enumerate(starts) if start <= entry.order]
+            choice = before[-1] if before else 0
+            fields[slot.paths[".json"]]["B0FieldSource"] = names[choice]
+            served[choice].append(_uri(slot.paths[".nii.gz"]))
+    for number, unit in enumerate(units):
+        if not served[number]:
+            continue
+        for entry in unit:
+            for slot in slots.get(entry.series_uid, ()):
+                if ".json" in slot.paths:
+                    fields[slot.paths[".json"]] = {
+                        "B0FieldIdentifier": names[number],
+                        "IntendedFor": sorted(served[number]),
+                    }
+    return fields
