@@ -19,16 +19,19 @@ page, a 503 included, as a login failure, which would turn a passing outage into
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 import xnat.exceptions
@@ -185,11 +188,7 @@ class XnatClient:
         base = self.destination.url
         try:
             if token is not None:
-                # Not through xnat-py (it logs URIs) and not logged: the secret is part of the path.
-                http.get(
-                    f"{base}/data/services/tokens/invalidate/{quote(token[0], safe='')}/{quote(token[1], safe='')}",
-                    timeout=self.destination.timeout,
-                )
+                self._invalidate_token(http, *token)
             http.delete(f"{base}/data/JSESSION", timeout=self.destination.timeout)
         except requests.RequestException as exc:
             logger.debug("%s: closing the session failed (%s)", base, type(exc).__name__)
@@ -197,6 +196,36 @@ class XnatClient:
             if session is not None:
                 session.disconnect()
             http.close()
+
+    def _invalidate_token(self, http: requests.Session, alias: str, secret: str) -> None:
+        """``GET /data/services/tokens/invalidate/{alias}/{secret}`` with ``http.client``: XNAT puts the
+        secret in the path, and requests/urllib3 and xnat-py log request paths at debug level."""
+        parts = urlsplit(self.destination.url)
+        path = f"{parts.path}/data/services/tokens/invalidate/{quote(alias, safe='')}/{quote(secret, safe='')}"
+        timeout = self.destination.connect_timeout + self.destination.read_timeout
+        connection: HTTPConnection
+        if parts.scheme == "https":
+            verify = self.destination.verify
+            context = ssl.create_default_context(cafile=str(verify) if isinstance(verify, Path) else None)
+            if verify is False:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            connection = HTTPSConnection(parts.netloc, timeout=timeout, context=context)
+        else:
+            connection = HTTPConnection(parts.netloc, timeout=timeout)
+        cookie = "; ".join(f"{c.name}={c.value}" for c in http.cookies if c.name == "JSESSIONID")
+        credentials = base64.b64encode(f"{alias}:{secret}".encode()).decode("ascii")
+        headers = {"Authorization": f"Basic {credentials}", **({"Cookie": cookie} if cookie else {})}
+        try:
+            connection.request("GET", path, headers=headers)
+            status = connection.getresponse().status
+        except (OSError, HTTPException) as exc:
+            logger.info("%s: could not invalidate the alias token (%s)", self.url, type(exc).__name__)
+            return
+        finally:
+            connection.close()
+        if status != 200:
+            logger.info("%s: invalidating the alias token answered HTTP %d", self.url, status)
 
     # -- requests -------------------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:

@@ -237,9 +237,7 @@ def _read_derived(paths: Sequence[Path]) -> list[_Derived]:
 def _derived_resource(item: _Derived) -> ResourcePlan:
     names = [p.name for p in item.files]
     unique = len(set(names)) == len(names)
-    files = tuple(
-        UploadFile(p, p.name if unique else f"{index:04d}_{p.name}") for index, p in enumerate(item.files, 1)
-    )
+    files = tuple(UploadFile(p, p.name if unique else f"{index:04d}_{p.name}") for index, p in enumerate(item.files, 1))
     return ResourcePlan(DERIVED_RESOURCE, "DICOM", files)
 
 

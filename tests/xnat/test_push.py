@@ -114,10 +114,7 @@ def test_changed_local_file_is_uploaded_again(xa30_bids: Path, emulator: XnatEmu
     sidecar.write_text(sidecar.read_text().replace("{", '{"Edited": true,', 1))
     report = push_session(destination, PROJECT, copy, SUBJECT, SESSION)
     assert report.files_uploaded == 3  # NIFTI, scan BIDS and session BIDS copies of that sidecar
-    assert stored_files(emulator) == {
-        (s, r, p, size, digest)
-        for s, r, p, size, digest in expected_files(copy)
-    }
+    assert stored_files(emulator) == {(s, r, p, size, digest) for s, r, p, size, digest in expected_files(copy)}
     assert emulator.duplicate_file_writes == 0
 
 
