@@ -177,7 +177,7 @@ class _Builder:
             return parse_template(source, kind, node.position)
         except TemplateError as exc:
             at = node.position
-            if "\n" not in source and exc.offset:
+            if "\n" not in source:
                 quoted = isinstance(node, YScalar) and node.quoted
                 at = Position(at.line, at.column + exc.offset + (1 if quoted else 0))
             self.error(at, f"{what}: {exc}", exc.hint)

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 #: Longest attribute value kept (longer values are cut).
 MAX_VALUE = 1024
+_GROUPING = ["SeriesInstanceUID", "InstanceNumber"]
 _BINARY_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 
 
@@ -170,16 +171,21 @@ def facts_from_folder(folder: Path, *, source: SourceFacts | None = None) -> tup
     paths: Iterable[Path] = sorted(p for p in Path(folder).rglob("*") if p.is_file())
     for path in paths:
         try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+            # Only what grouping needs: Enhanced MR headers hold large per-frame sequences.
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_GROUPING)
             uid = str(dataset.SeriesInstanceUID)
-        except Exception:
+        except Exception:  # pydicom raises many types on non-DICOM or damaged files
             unreadable.append(path)
             continue
         groups.setdefault(uid, []).append((path, dataset))
     found: list[FolderSeries] = []
     for members in groups.values():
         members.sort(key=_order)
-        facts = facts_from_dataset(members[0][1], instance_count=len(members), source=source)
+        try:
+            first = pydicom.dcmread(members[0][0], stop_before_pixels=True)
+        except Exception:  # damaged further on: keep the grouping attributes
+            first = members[0][1]
+        facts = facts_from_dataset(first, instance_count=len(members), source=source)
         found.append(FolderSeries(facts, tuple(sorted(path for path, _ in members))))
 
     def series_order(item: FolderSeries) -> tuple[int, str]:

@@ -228,7 +228,8 @@ def _test(test: Test, facts: SeriesFacts) -> Outcome:
         verb = f"is not {test.text!r}"
     elif test.op == "in":
         ok = subject in {fold(text) for text in test.texts}
-        verb = f"is not one of {list(test.texts)!r}"
+        shown = list(test.texts[:6]) + (["..."] if len(test.texts) > 6 else [])
+        verb = f"is not one of {shown!r}"
     elif test.op == "startswith":
         ok = subject.startswith(fold(test.text))
         verb = f"does not start with {test.text!r}"
