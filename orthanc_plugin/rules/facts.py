@@ -181,6 +181,7 @@ def facts_from_folder(folder: Path, *, source: SourceFacts | None = None) -> tup
     found: list[FolderSeries] = []
     for members in groups.values():
         members.sort(key=_order)
+        first: Dataset
         try:
             first = pydicom.dcmread(members[0][0], stop_before_pixels=True)
         except Exception:  # damaged further on: keep the grouping attributes
