@@ -195,7 +195,7 @@ def parse_yaml(text: str, file: str) -> YNode:
         raise RulesError([Diagnostic(file, position.line, position.column, exc.message, exc.hint)]) from None
     except yaml.MarkedYAMLError as exc:
         position = _position(exc.problem_mark or exc.context_mark)
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = "; ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
         raise RulesError([Diagnostic(file, position.line, position.column, f"YAML syntax: {problem}",
                                      "check the indentation and quoting around this position")]) from None
     except yaml.YAMLError as exc:
@@ -212,8 +212,8 @@ def parse_yaml(text: str, file: str) -> YNode:
 def read_rule_file(data: bytes, file: str) -> YNode:
     """Decode and parse a rule file's bytes (size cap, strict UTF-8)."""
     if len(data) > MAX_FILE_BYTES:
-        raise RulesError([Diagnostic(file, 1, 1, f"the rule file has {len(data)} bytes, more than the "
-                                     f"{MAX_FILE_BYTES} accepted", "rule files are small; split or shorten it")])
+        raise RulesError([Diagnostic(file, 1, 1, f"the rule file is larger than {MAX_FILE_BYTES} bytes",
+                                     "rule files are a few kilobytes; split or shorten it")])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
