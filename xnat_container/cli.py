@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         help=f"Orthanc configuration JSON holding BidsBridge.Destinations (default: ${CONFIG_ENV})",
     )
     parser.add_argument("--ca-bundle", type=Path, default=None, help="with a URL: PEM file of the CAs to trust")
+    parser.add_argument(
+        "--retries", type=int, default=None, help="retries per request (default: the destination's, 5 for a URL)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -73,6 +77,15 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def _destination(args: argparse.Namespace) -> Destination:
+    destination = resolve_server(args.server, args.config, args.ca_bundle)
+    if args.retries is not None:
+        if args.retries < 0:
+            raise XnatConfigError(f"--retries must be >= 0, not {args.retries}")
+        destination = replace(destination, retries=args.retries)
+    return destination
+
+
 def resolve_server(server: str, config: Path | None, ca_bundle: Path | None = None) -> Destination:
     """The destination ``--server`` names: a URL (credentials from the environment) or an alias."""
     if server.startswith(("http://", "https://")):
@@ -90,7 +103,7 @@ def resolve_server(server: str, config: Path | None, ca_bundle: Path | None = No
 
 def run_check(args: argparse.Namespace) -> int:
     try:
-        destination = resolve_server(args.server, args.config, args.ca_bundle)
+        destination = _destination(args)
     except XnatConfigError as exc:
         print(f"bidsbridge xnat check: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,7 +117,7 @@ def run_push(args: argparse.Namespace) -> int:
         print("bidsbridge xnat push: --session needs --subject", file=sys.stderr)
         return EXIT_USAGE
     try:
-        destination = resolve_server(args.server, args.config, args.ca_bundle)
+        destination = _destination(args)
     except XnatConfigError as exc:
         print(f"bidsbridge xnat push: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import random
 import re
 import ssl
@@ -150,7 +151,16 @@ class XnatClient:
         destination = self.destination
         http = requests.Session()
         http.auth = (destination.username, destination.password.reveal())
-        http.verify = str(destination.verify) if isinstance(destination.verify, Path) else destination.verify
+        # requests lets REQUESTS_CA_BUNDLE override a session's CA bundle; the destination decides
+        # instead (the environment's bundle is used only when the destination names none).
+        http.trust_env = False
+        http.proxies = requests.utils.get_environ_proxies(destination.url)
+        if isinstance(destination.verify, Path):
+            http.verify = str(destination.verify)
+        elif destination.verify:
+            http.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        else:
+            http.verify = False
         http.headers["User-Agent"] = "bidsbridge-xnat"
         self._http = http
         self._session = _Session(
@@ -261,7 +271,13 @@ class XnatClient:
         return session.put(path, data=body, query=params, timeout=timeout)  # type: ignore[no-any-return]
 
     def _tls_error(self, exc: BaseException) -> XnatTLSError:
-        text = str(exc)
+        # xnat-py re-raises requests' SSLError as its own generic XNATSSLError: read the whole chain.
+        parts: list[str] = []
+        cause: BaseException | None = exc
+        while cause is not None and len(parts) < 5:
+            parts.append(str(cause))
+            cause = cause.__cause__ or cause.__context__
+        text = " | ".join(parts)
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text or "record layer failure" in text:
             hint = "the server does not speak TLS on this port (should the URL start with http://?)"
         elif "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:

@@ -8,8 +8,9 @@ launched from XNAT expect):
 * session ``xsiType`` by the modality most of its series have (``xnat:mrSessionData``,
   ``xnat:petSessionData``, ``xnat:ctSessionData``), date and time from the earliest acquisition;
 * one scan per converted series: ID = SeriesNumber, ``type`` and ``series_description`` = the
-  SeriesDescription, scan ``xsiType`` by modality; resource ``NIFTI`` holds its ``.nii.gz``,
-  ``.json``, ``.bval``, ``.bvec`` and resource ``BIDS`` its sidecars under their BIDS names;
+  SeriesDescription, scan ``xsiType`` by modality; resource ``NIFTI`` holds the series' files
+  (``.nii.gz``, ``.json``, ``.bval``, ``.bvec`` and companions such as ``_aslcontext.tsv``) and
+  resource ``BIDS`` its JSON sidecars, all under their BIDS file names;
 * a session resource ``BIDS`` with the session's BIDS tree (paths from the dataset root,
   ``sub-S/ses-X/anat/...``) and ``dataset_description.json``;
 * derived DICOM objects (SEG, Parametric Map, SR) as scans of their own, ID = their
@@ -69,7 +70,6 @@ _SCAN_TYPES = {
 }
 _OTHER_SCAN = "xnat:otherDicomScanData"
 _SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
-_NIFTI_SUFFIXES = (".nii.gz", ".json", ".bval", ".bvec")
 
 
 def sanitize_xnat_label(value: str, what: str = "label") -> str:
@@ -313,9 +313,7 @@ def plan_session(
         modality = str(sidecar.get("Modality") or "MR")
         modalities.append(modality)
         description = manifest.series_description or str(sidecar.get("SeriesDescription") or "")
-        nifti = tuple(
-            UploadFile(root / name, Path(name).name) for name in sorted(outputs) if name.endswith(_NIFTI_SUFFIXES)
-        )
+        nifti = tuple(UploadFile(root / name, Path(name).name) for name in sorted(outputs))
         sidecars = tuple(f for f in nifti if f.remote.endswith(".json"))
         resources = [ResourcePlan(NIFTI_RESOURCE, "NIFTI", nifti)]
         if sidecars:
