@@ -34,6 +34,7 @@ from typing import Any
 
 from pydicom.uid import UID
 
+from converters.asl import AslHeaders, AslPlan, asl_fields
 from converters.bids.naming import INDEX_ENTITIES, entity_value, sanitize_label
 from converters.errors import LabelError
 from converters.records import BidsTarget, Classification, ConvertedImage, DicomSeries, Placement, Skip
@@ -112,6 +113,8 @@ class SeriesFacts:
 
     series: DicomSeries
     images: tuple[ConvertedImage, ...] = ()
+    #: ASL facts from the DICOM headers (read by the pipeline for ASL series only).
+    asl: AslHeaders | None = None
 
     @property
     def image_types(self) -> frozenset[str]:
@@ -389,25 +392,20 @@ def rule_fieldmap(facts: SeriesFacts) -> Classification | None:
     return _fieldmap_target(facts, {}, "fieldmap", f"GRE field map ({_describe(facts)})")
 
 
-#: Fields BIDS requires of every ASL series (``perf/*_asl``); more depend on the labelling type.
-ASL_REQUIRED = (
-    "ArterialSpinLabelingType", "PostLabelingDelay", "BackgroundSuppression", "M0Type",
-    "TotalAcquiredPairs", "RepetitionTimePreparation", "MagneticFieldStrength", "MRAcquisitionType",
-    "EchoTime", "FlipAngle",
-)  # fmt: skip
-
-
 def _asl(facts: SeriesFacts, entities: Mapping[str, str], rule: str, name: str) -> Classification:
-    metadata = facts.images[0].metadata if facts.images else {}
-    missing = [key for key in ASL_REQUIRED if key not in metadata]
-    if missing:
+    if len(facts.images) != 1 or len(facts.images[0].shape) != 4:
+        return Skip(f"{name}: ASL series that dcm2niix did not write as one 4D image", rule)
+    image = facts.images[0]
+    plan = asl_fields(facts.asl or AslHeaders(), image.metadata, image.shape[3])
+    if not isinstance(plan, AslPlan):
         return Skip(
-            f"{name}: ASL series, but no header records the fields BIDS requires for perf/asl "
-            f"(missing: {', '.join(missing)}) nor the volume order for aslcontext.tsv; "
-            "supply them with an override to place it",
+            f"{name}: ASL series, but no header records what BIDS requires for perf/asl "
+            f"(missing: {', '.join(plan)}); supply them with an override to place it",
             rule,
         )
-    return _finish(facts, BidsTarget("perf", "asl", entities, rule=rule), name=name)
+    context = "volume_type\n" + "".join(f"{kind}\n" for kind in plan.volume_types)
+    target = BidsTarget("perf", "asl", entities, plan.metadata, rule=rule, companions={"_aslcontext.tsv": context})
+    return _finish(facts, target, name=name)
 
 
 def rule_asl(facts: SeriesFacts) -> Classification | None:
@@ -524,12 +522,15 @@ class Override:
         metadata = {**decision.metadata, **self.metadata}
         if "task" in entities:
             metadata["TaskName"] = self.metadata.get("TaskName", entities["task"])
+        datatype, suffix = self.datatype or decision.datatype, self.suffix or decision.suffix
+        same_kind = (datatype, suffix) == (decision.datatype, decision.suffix)
         return BidsTarget(
-            datatype=self.datatype or decision.datatype,
-            suffix=self.suffix or decision.suffix,
+            datatype=datatype,
+            suffix=suffix,
             entities=entities,
             metadata=metadata,
             rule="override",
+            companions=decision.companions if same_kind else {},
         )
 
 

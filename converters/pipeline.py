@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from converters.asl import read_asl_headers
 from converters.bids.dataset import dump_json, sidecar
 from converters.bids.naming import sanitize_label
 from converters.bids.publish import (
@@ -25,7 +26,16 @@ from converters.classify import DEFAULT_RULES, Override, Rule, SeriesFacts, clas
 from converters.conversion import dcm2niix_version, run_dcm2niix
 from converters.discover import discover
 from converters.errors import BidsBridgeError, DatasetError, DicomInputError, LabelError
-from converters.records import BidsTarget, DicomSeries, Inventory, Placement, SeriesResult, Skip, UnusableFile
+from converters.records import (
+    BidsTarget,
+    ConvertedImage,
+    DicomSeries,
+    Inventory,
+    Placement,
+    SeriesResult,
+    Skip,
+    UnusableFile,
+)
 
 __all__ = ["convert_series", "convert_tree", "series_outputs"]
 
@@ -76,6 +86,10 @@ def _stage(staging: Path, placements: Sequence[Placement]) -> tuple[StagedImage,
         sidecar_path = folder / f"{index}.json"
         sidecar_path.write_text(dump_json(sidecar(image.metadata, target)), encoding="utf-8")
         files = {".nii.gz": image.nifti, ".json": sidecar_path}
+        for key, text in sorted(target.companions.items()):
+            companion = folder / f"{index}{key}"
+            companion.write_text(text, encoding="utf-8")
+            files[key] = companion
         if (target.datatype, target.suffix) in _WITH_GRADIENTS and image.bval and image.bvec:
             files[".bval"] = image.bval
             files[".bvec"] = image.bvec
@@ -83,6 +97,12 @@ def _stage(staging: Path, placements: Sequence[Placement]) -> tuple[StagedImage,
             logger.info("%s: b-values left out, %s/%s does not take them", image.nifti, target.datatype, target.suffix)
         staged.append(StagedImage(files=files, target=target, echo_times=_echo_times(placement)))
     return tuple(staged)
+
+
+def _is_asl(series: DicomSeries, images: Sequence[ConvertedImage]) -> bool:
+    """An ASL acquisition (not a map computed from one): worth reading its headers again."""
+    types = set(series.image_type) | {str(t).upper() for i in images for t in i.metadata.get("ImageType", ())}
+    return "ASL" in types and "DERIVED" not in types
 
 
 def _echo_times(placement: Placement) -> tuple[float, ...]:
@@ -118,7 +138,8 @@ def _convert_discovered(
         else:
             source = Path(os.path.commonpath([str(f) for f in series.files]))
             images = run_dcm2niix(series.files, staging / "dcm2niix", source=source)
-            facts = SeriesFacts(series, images)
+            asl = read_asl_headers(series.files) if _is_asl(series, images) else None
+            facts = SeriesFacts(series, images, asl=asl)
             decision = classify(facts, rules=rules, overrides=overrides)
             if isinstance(decision, BidsTarget):
                 placements = place(facts, decision)

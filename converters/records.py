@@ -111,6 +111,9 @@ class BidsTarget:
     metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
     #: Name of the rule (or override) that decided, for logs and reports.
     rule: str = ""
+    #: Files that accompany the image under another suffix, keyed by ``_<suffix><extension>``
+    #: (e.g. ``_aslcontext.tsv``), with their text.
+    companions: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ LOCK_NAME = "lock"
 #: removed by the next publish. A conversion never takes that long (dcm2niix is killed after 900 s).
 STALE_STAGING_SECONDS = 24 * 3600.0
 
-_EXTENSION_ORDER = (".nii.gz", ".json", ".bval", ".bvec")
+_EXTENSION_ORDER = (".nii.gz", ".json", ".bval", ".bvec", "_aslcontext.tsv")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ dataset ends up the same as after a sequential conversion:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from converters.bids.naming import relative_path, session_prefix
@@ -30,6 +30,7 @@ __all__ = [
     "ImageRecord",
     "SeriesEntry",
     "Slot",
+    "file_path",
     "layout",
     "links",
 ]
@@ -102,6 +103,15 @@ class Slot:
 
     target: BidsTarget
     paths: Mapping[str, str] = field(hash=False)
+
+
+def file_path(subject: str, session: str | None, target: BidsTarget, key: str) -> str:
+    """Path of one file of an image: ``key`` is an extension (``.nii.gz``) or, for a companion
+    file, ``_<suffix><extension>`` (``_aslcontext.tsv``: same entities, other suffix)."""
+    if key.startswith("_"):
+        suffix, dot, extension = key[1:].partition(".")
+        return relative_path(subject, session, replace(target, suffix=suffix), f"{dot}{extension}")
+    return relative_path(subject, session, target, key)
 
 
 def _base(image: ImageRecord) -> tuple[str, str, tuple[tuple[str, str], ...]]:
@@ -188,7 +198,7 @@ def layout(
                         Slot(
                             image.target(candidate),
                             {
-                                ext: relative_path(subject, session, image.target(candidate), ext)
+                                ext: file_path(subject, session, image.target(candidate), ext)
                                 for ext in image.extensions
                             },
                         )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from converters.asl import AslHeaders, AslPlan, asl_fields, parse_ascconv
 from converters.classify import (
     Override,
     ReproInName,
@@ -159,3 +160,31 @@ def test_fmri_without_a_task_takes_it_from_the_series_name() -> None:
     nameless = SeriesFacts(_series(series_description="--", protocol_name=""), (four_d,))
     refused = classify(nameless)
     assert isinstance(refused, Skip) and "func-bold_task-<label>" in refused.reason
+
+
+def test_asl_fields_trust_only_a_plausible_volume_order() -> None:
+    protocol = {
+        "sAsl.ulSuppressionMode": "1", "alTR[0]": "4800000", "sAsl.ulLabelingDuration": "1800000",
+        "sAsl.sPostLabelingDelay[0]": "1800000",
+    }  # fmt: skip
+    sidecar = {"MagneticFieldStrength": 3, "MRAcquisitionType": "2D", "EchoTime": 0.011, "FlipAngle": 90}
+    contexts = ("M_ZERO_SCAN", "LABEL", "CONTROL", "CONTROL", "LABEL")
+    plan = asl_fields(AslHeaders(contexts, "PSEUDOCONTINUOUS", protocol, "NO"), sidecar, 5)
+    assert isinstance(plan, AslPlan)
+    assert plan.volume_types == ("m0scan", "label", "control", "control", "label")
+    assert plan.metadata["TotalAcquiredPairs"] == 2 and plan.metadata["BackgroundSuppression"] is False
+    # Shifted (an M0 in the middle), unpaired, or too few volumes: refused, never guessed.
+    for bad, volumes in [(("LABEL", "M_ZERO_SCAN", "CONTROL"), 3), (("LABEL", "LABEL"), 2), (contexts, 6)]:
+        missing = asl_fields(AslHeaders(bad, "PSEUDOCONTINUOUS", protocol), sidecar, volumes)
+        assert isinstance(missing, list) and "M0Type" in missing
+    # No Siemens protocol: the fields only it records are named as missing.
+    missing = asl_fields(AslHeaders(contexts, "PSEUDOCONTINUOUS"), sidecar, 5)
+    assert missing == ["PostLabelingDelay", "LabelingDuration", "BackgroundSuppression", "RepetitionTimePreparation"]
+
+
+def test_parse_ascconv() -> None:
+    text = (
+        'x\n### ASCCONV BEGIN object=MrProtDataImpl ###\nalTR[0]\t = \t4800000\ntProtocolName = "a b"\n'
+        "### ASCCONV END ###"
+    )
+    assert parse_ascconv(text) == {"alTR[0]": "4800000", "tProtocolName": "a b"}

@@ -39,10 +39,12 @@ ALSO_PLACED = {
     14: [f"{DWI}_dir-PA_colFA"], 16: [f"{DWI}_dir-PA_S0map"],
     19: [f"{DWI}_dir-AP_ADC"], 20: [f"{DWI}_dir-AP_trace"], 21: [f"{DWI}_dir-AP_FA"],
     22: [f"{DWI}_dir-AP_colFA"], 24: [f"{DWI}_dir-AP_S0map"],
+    25: [f"{PREFIX}/perf/{SUB}_{SES}_rec-norm_asl"],
 }  # fmt: skip
+ASL_CONTEXT = f"{PREFIX}/perf/{SUB}_{SES}_rec-norm_aslcontext.tsv"
 
 #: Series that must be skipped, with a word their reason must contain.
-SKIPPED = {25: "missing: ", 27: "scanner-derived", 28: "scanner-derived", 99: "not an image"}
+SKIPPED = {27: "scanner-derived", 28: "scanner-derived", 99: "not an image"}
 
 
 def test_every_series_is_accounted_for(xa30: Path, xa30_dataset: Converted) -> None:
@@ -56,7 +58,9 @@ def test_every_series_is_accounted_for(xa30: Path, xa30_dataset: Converted) -> N
             assert result.reason is None
         elif result.series_number in ALSO_PLACED:
             stems = ALSO_PLACED[result.series_number]
-            assert result.outputs == tuple(sorted(f"{stem}{ext}" for stem in stems for ext in (".json", ".nii.gz")))
+            extra = [ASL_CONTEXT] if result.series_number == 25 else []
+            expected = [f"{stem}{ext}" for stem in stems for ext in (".json", ".nii.gz")] + extra
+            assert result.outputs == tuple(sorted(expected)), result
         else:
             assert result.state == "skipped", result
             assert result.reason and SKIPPED[result.series_number] in result.reason, result
@@ -140,6 +144,7 @@ def test_dataset_level_files(xa30_dataset: Converted) -> None:
         "README.md", "dataset_description.json", "participants.json", "participants.tsv",
         f"{PREFIX}/{SUB}_{SES}_scans.tsv",
     }  # fmt: skip
+    assert ASL_CONTEXT in owned
 
 
 def test_bids_validator_reports_no_error(xa30_dataset: Converted) -> None:
@@ -153,3 +158,53 @@ def test_bids_version_is_the_validators() -> None:
     bundle = (Path(spec.origin).parent / "bids-validator.js").read_text(encoding="utf-8")
     versions = set(re.findall(r'\bbids_version: "([0-9.]+)"', bundle))
     assert versions == {BIDS_VERSION}
+
+
+def _sidecar(root: Path, stem: str) -> dict[str, object]:
+    data = json.loads((root / f"{stem}.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_field_map_set_is_linked_to_the_scans_it_corrects(xa30_dataset: Converted) -> None:
+    root = xa30_dataset.root
+    phasediff = _sidecar(root, f"{FMAP}_phasediff")
+    assert (phasediff["EchoTime1"], phasediff["EchoTime2"]) == (0.01, 0.01246)
+    magnitudes = [_sidecar(root, f"{FMAP}_magnitude{n}") for n in (1, 2)]
+    assert [m["EchoTime"] for m in magnitudes] == [0.01, 0.01246]
+    identifier = phasediff["B0FieldIdentifier"]
+    assert identifier == "ses-20220711_fmap1"
+    corrected = [PLACED[7][0], PLACED[10][0], PLACED[17][0], ALSO_PLACED[25][0]]
+    for sidecar in (phasediff, *magnitudes):
+        assert sidecar["B0FieldIdentifier"] == identifier
+        assert sidecar["IntendedFor"] == sorted(f"bids::{stem}.nii.gz" for stem in corrected)
+    for stem in corrected:
+        assert _sidecar(root, stem)["B0FieldSource"] == identifier, stem
+    # Derived maps and anatomy are not corrected by it.
+    for stem in (PLACED[5][0], f"{DWI}_dir-PA_ADC"):
+        assert "B0FieldSource" not in _sidecar(root, stem)
+
+
+def test_asl_carries_what_bids_requires(xa30_dataset: Converted) -> None:
+    root = xa30_dataset.root
+    sidecar = _sidecar(root, ALSO_PLACED[25][0])
+    assert {key: sidecar[key] for key in (
+        "ArterialSpinLabelingType", "PostLabelingDelay", "LabelingDuration", "M0Type", "TotalAcquiredPairs",
+        "BackgroundSuppression", "RepetitionTimePreparation", "VascularCrushing",
+    )} == {
+        "ArterialSpinLabelingType": "PCASL", "PostLabelingDelay": 1.8, "LabelingDuration": 1.8,
+        "M0Type": "Included", "TotalAcquiredPairs": 3, "BackgroundSuppression": False,
+        "RepetitionTimePreparation": 4.8, "VascularCrushing": False,
+    }  # fmt: skip
+    context = (root / ASL_CONTEXT).read_text().splitlines()
+    assert context == ["volume_type", "m0scan", "label", "control", "label", "control", "label", "control"]
+    assert nib.load(root / f"{ALSO_PLACED[25][0]}.nii.gz").shape[3] == len(context) - 1
+
+
+def test_every_b_valued_series_is_in_dwi_and_every_task_series_in_func(xa30_dataset: Converted) -> None:
+    root = xa30_dataset.root
+    for bval in root.rglob("*.bval"):
+        assert bval.parent.name == "dwi", bval
+    for sidecar in root.glob("sub-*/ses-*/*/*.json"):
+        if "TaskName" in json.loads(sidecar.read_text()):
+            assert sidecar.parent.name == "func", sidecar
