@@ -33,15 +33,30 @@ __all__ = [
 #: bids-validator-deno 3.0.2 (schema 1.2.7).
 BIDS_VERSION = "1.11.1"
 
-#: Sidecar keys never published: direct identifiers of people (dcm2niix ``-ba y`` already leaves
-#: most out; this is the second line of defence) and dcm2niix's non-BIDS naming hint.
+#: Sidecar keys never published (the README lists them and why). dcm2niix ``-ba y`` already leaves
+#: out most direct identifiers; this is the second line of defence, plus what ``-ba y`` keeps:
+#: the site (institution, address, department, station, device serial number — with a scan date
+#: they narrow a person down), free-text study descriptions and comments typed at the scanner
+#: (they often carry names or clinical detail), dates, UIDs, and dcm2niix's non-BIDS naming hint.
+#: SeriesDescription and ProtocolName stay: they name the acquisition and BIDS apps use them.
 IDENTIFYING_KEYS = frozenset({
+    # people
     "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs",
     "OtherPatientNames", "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName",
+    "PatientSex", "PatientAge", "PatientWeight", "PatientSize", "PatientComments",
     "AccessionNumber", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
     "PhysiciansOfRecord", "RequestingPhysician", "NameOfPhysiciansReadingStudy",
+    # the site
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+    "DeviceSerialNumber",
+    # free text typed at the scanner
+    "StudyDescription", "ProcedureStepDescription", "PerformedProcedureStepDescription",
+    "RequestedProcedureDescription", "ImageComments",
+    # dates and UIDs
     "AcquisitionDateTime", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "BidsGuess",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+    # not BIDS
+    "BidsGuess",
 })  # fmt: skip
 
 #: A TSV file: column names, then rows keyed by column name.
