@@ -133,10 +133,10 @@ class RulesHolder:
         return parse_rules(data, str(self.path), self.context)[0]
 
     def _refuse(self, error: RulesError) -> None:
-        message = f"rule file refused, previous rules stay active: {error}"
+        # Logged before it shows in status(): whoever sees the error can find it in the log.
+        logger.error("rule file refused, previous rules stay active: %s", error)
         with self._lock:
             self._error = (str(error), time.time(), error.diagnostics)
-        logger.error("%s", message)
 
     def poll(self) -> bool:
         """Look at the file once; return True when changed rules became active. Never raises."""
