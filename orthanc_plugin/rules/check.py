@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -273,7 +274,14 @@ class _Builder:
             if not (isinstance(operand, YScalar) and operand.type in ("int", "float")):
                 self.error(operand.position, f"{op} needs {need}, not {_kind(operand)}", "write e.g. 'gt: 2.5'")
                 return None
-            return Test(field, op, at, number=float(operand.value))  # type: ignore[arg-type]
+            try:
+                number = float(operand.value)  # type: ignore[arg-type]
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                self.error(operand.position, f"{op} needs a finite number, not {operand.text}", "write e.g. 'gt: 2.5'")
+                return None
+            return Test(field, op, at, number=number)  # type: ignore[arg-type]
         if op == "in":
             if not isinstance(operand, YSeq) or not operand.items:
                 self.error(operand.position, f"in needs {need}, not {_kind(operand)}", "write e.g. 'in: [MR, CT]'")

@@ -119,7 +119,11 @@ def _scalar(node: ScalarNode, loader: yaml.SafeLoader) -> YScalar:
     position = _position(node.start_mark)
     kind = node.tag[len(_TAG_PREFIX) :] if node.tag.startswith(_TAG_PREFIX) else node.tag
     if kind in ("int", "float", "bool", "null"):
-        value = loader.construct_object(node)
+        try:
+            value = loader.construct_object(node)
+        except (ValueError, OverflowError):
+            raise _Refused(f"number {node.value[:20]}... cannot be read", "use a shorter number",
+                           node.start_mark) from None
         if isinstance(value, int | float | bool) or value is None:
             return YScalar(value, node.value, kind, position)  # type: ignore[arg-type]
     # str, timestamp (kept as the text written), the merge key "<<", "=": plain text.
