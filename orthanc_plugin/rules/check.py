@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import Diagnostic, RulesError
 from .fields import FieldError, parse_field
@@ -33,6 +33,7 @@ from .model import (
     DeriveAction,
     ForwardAction,
     Not,
+    Operator,
     Position,
     PushXnatAction,
     Rule,
@@ -264,6 +265,7 @@ class _Builder:
                        f"{', '.join(OPERATORS)}, plus ignore_case")
             return None
         need = OPERATORS[op]
+        operator = cast(Operator, op)  # checked just above
         if op in ("exists", "missing"):
             if not (isinstance(operand, YScalar) and operand.type == "bool"):
                 self.error(operand.position, f"{op} needs {need}, not {_kind(operand)}")
@@ -275,13 +277,13 @@ class _Builder:
                 self.error(operand.position, f"{op} needs {need}, not {_kind(operand)}", "write e.g. 'gt: 2.5'")
                 return None
             try:
-                number = float(operand.value)  # type: ignore[arg-type]
+                number = float(operand.value) if isinstance(operand.value, int | float) else math.nan
             except OverflowError:
                 number = math.inf
             if not math.isfinite(number):
                 self.error(operand.position, f"{op} needs a finite number, not {operand.text}", "write e.g. 'gt: 2.5'")
                 return None
-            return Test(field, op, at, number=number)  # type: ignore[arg-type]
+            return Test(field, operator, at, number=number)
         if op == "in":
             if not isinstance(operand, YSeq) or not operand.items:
                 self.error(operand.position, f"in needs {need}, not {_kind(operand)}", "write e.g. 'in: [MR, CT]'")
@@ -300,7 +302,7 @@ class _Builder:
                 self.error(operand.position, str(exc), exc.hint)
                 return None
             return Test(field, "regex", at, text=text, pattern=pattern, ignore_case=ignore_case)
-        return Test(field, op, at, text=text, ignore_case=ignore_case)  # type: ignore[arg-type]
+        return Test(field, operator, at, text=text, ignore_case=ignore_case)
 
     def value(self, node: YNode, op: str) -> str | None:
         if isinstance(node, YScalar) and node.type in ("str", "int", "float"):
