@@ -22,9 +22,9 @@ PASSWORDS = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def xa30_bids(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("xa30") / "bids"
+    root = tmp_path_factory.mktemp("xa30") / "bids"  # read-only for the tests: they copy it to change it
     results = convert_tree(corpus / "dcm_qa_xa30" / "In", root)
     assert sum(r.state == "converted" for r in results) >= 5
     return root
