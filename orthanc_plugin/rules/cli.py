@@ -246,9 +246,11 @@ def run_test(args: argparse.Namespace) -> int:
         print(f"bidsbridge rules test: cannot read the series: {exc}", file=sys.stderr)
         return 2
     records: list[dict[str, Any]] = []
+    outcomes: dict[str, int] = {}
     problems = False
     for facts in series:
         decision = evaluate(ruleset, facts)
+        outcomes[decision.outcome] = outcomes.get(decision.outcome, 0) + 1
         previews = [preview_convert(facts, action) for action in decision.converts]
         problems = problems or bool(decision.problems)
         if args.json:
@@ -259,10 +261,6 @@ def run_test(args: argparse.Namespace) -> int:
         json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        outcomes: dict[str, int] = {}
-        for facts in series:
-            outcome = evaluate(ruleset, facts).outcome
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
         summary = ", ".join(f"{count} {name}" for name, count in sorted(outcomes.items()))
         print(f"{len(series)} series ({summary}) by {ruleset.source} [{ruleset.digest[:19]}]; nothing written")
     return 1 if problems else 0
