@@ -198,3 +198,35 @@ def test_missing_rule_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "No such file" in capsys.readouterr().err
     assert main(["rules", "test", str(tmp_path / "nope.yaml"), "--dicom", str(tmp_path)]) == 1
     assert f"{tmp_path / 'nope.yaml'}:1:1: cannot read the rule file" in capsys.readouterr().err
+
+
+def test_mutated_rule_files_never_raise_anything_but_rules_error() -> None:
+    """Seeded byte-level mutations of every shipped rule file: RulesError or a usable rule set, nothing else."""
+    import random  # noqa: PLC0415
+
+    from orthanc_plugin.rules import SeriesFacts, SourceFacts, evaluate, parse_rules  # noqa: PLC0415
+
+    rules_dir = Path(__file__).resolve().parents[2] / "orthanc_plugin" / "rules"
+    sources = [rules_dir / "defaults.yaml", *sorted((rules_dir / "examples").glob("*.yaml"))]
+    alphabet = [*":{}[]-'\"&*!|>\n #%@`,?~\\\t\u202e\u00e9", "\x00", "9" * 30, "(a+)+", "../", "{Patient"]
+    facts = SeriesFacts("1.2", {"Modality": "MR", "Rows": "64", "PatientID": "p", "StudyDate": "20240101"},
+                        SourceFacts("A", "B", "1.2.3.4"), 2)
+    generator = random.Random(20261125)
+    usable = refused = 0
+    for source in sources:
+        text = source.read_text(encoding="utf-8")
+        for _ in range(150):
+            position = generator.randrange(len(text))
+            if generator.random() < 0.5:
+                mutated = text[:position] + generator.choice(alphabet) + text[position:]
+            else:
+                mutated = text[:position] + text[position + generator.randrange(1, 12):]
+            try:
+                ruleset, _ = parse_rules(mutated.encode("utf-8", "surrogatepass"), "m.yaml")
+            except RulesError as exc:
+                assert exc.diagnostics and all(d.line >= 1 and d.column >= 1 for d in exc.diagnostics)
+                refused += 1
+                continue
+            usable += 1
+            evaluate(ruleset, facts).to_dict()
+    assert usable > 50 and refused > 50, (usable, refused)
