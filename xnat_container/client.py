@@ -412,3 +412,14 @@ class XnatClient:
         """MD5 of a stored file, downloaded (when XNAT lists no digest)."""
         response = self.request("GET", file_path, what=f"download {file_path}")
         return hashlib.md5(response.content, usedforsecurity=False).hexdigest()
+
+    def subject_label(self, project: str, subject: str) -> str:
+        """The label of ``subject`` (an ID such as ``XNAT_S00001``, or already a label) in ``project``."""
+        data = self.get_json(
+            f"/data/projects/{quote(project, safe='')}/subjects/{quote(subject, safe='')}",
+            what=f"read subject {subject}",
+        )
+        try:
+            return str(data["items"][0]["data_fields"]["label"])
+        except (KeyError, IndexError, TypeError) as exc:
+            raise XnatRequestError(f"XNAT at {self.url} answered an unexpected record for subject {subject}") from exc

@@ -4,8 +4,9 @@ XNAT mounts the session's files (its ``SCANS/<id>/DICOM/`` folders) read-only at
 writable folder at ``/output``, and sets ``XNAT_HOST``, ``XNAT_USER`` and ``XNAT_PASS`` (a
 short-lived alias token) in the environment. The entrypoint:
 
-1. converts every DICOM series under ``/input`` with :func:`converters.convert_tree` into the BIDS
-   dataset ``/output/bids`` (BIDS subject/session labels from the XNAT labels, sanitized);
+1. looks up the subject's label (the Container Service passes the subject's ID) and converts every
+   DICOM series under ``/input`` with :func:`converters.convert_tree` into the BIDS dataset
+   ``/output/bids`` (BIDS subject/session labels from the XNAT labels, sanitized);
 2. delivers each converted session back into the XNAT session it came from with
    :func:`xnat_container.push.push_session` (NIFTI and BIDS resources per scan, session BIDS
    resource; idempotent and verified), unless ``--no-push``;
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from converters import BidsBridgeError, convert_tree
-from xnat_container.destinations import destination_from_url
+from xnat_container.client import XnatClient
+from xnat_container.destinations import Destination, destination_from_url
 from xnat_container.errors import XnatError
 from xnat_container.layout import dataset_sessions
 from xnat_container.push import push_session
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", type=Path, default=Path("/input"), help="mounted DICOM (default /input)")
     parser.add_argument("--output", type=Path, default=Path("/output"), help="writable output (default /output)")
     parser.add_argument("--project", required=True, help="XNAT project ID of the session")
-    parser.add_argument("--subject", required=True, help="XNAT subject label (or ID) of the session")
+    parser.add_argument("--subject", required=True, help="XNAT subject of the session: its ID or label")
     parser.add_argument("--session", required=True, help="XNAT session label")
     parser.add_argument(
         "--push",
@@ -58,11 +60,29 @@ def _write(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def _subject_label(destination: Destination, project: str, subject: str) -> str:
+    with XnatClient(destination) as client:
+        return client.subject_label(project, subject)
+
+
 def run(args: argparse.Namespace) -> int:
     bids = args.output / "bids"
     reports = args.output / "reports"
+    subject = args.subject
+    destination: Destination | None = None
+    if args.push:
+        host = os.environ.get(HOST_ENV, "")
+        if not host:
+            logger.error("%s is not set: run inside XNAT's Container Service, or pass --no-push", HOST_ENV)
+            return 1
+        try:
+            destination = destination_from_url(host)
+            subject = _subject_label(destination, args.project, args.subject)
+        except XnatError as exc:
+            logger.error("cannot read subject %s of project %s: %s", args.subject, args.project, exc)
+            return 1
     try:
-        results = convert_tree(args.input, bids, subject=args.subject, session=args.session)
+        results = convert_tree(args.input, bids, subject=subject, session=args.session)
     except BidsBridgeError as exc:
         logger.error("conversion failed: %s", exc)
         _write(reports / "conversion.json", {"error": str(exc)})
@@ -73,24 +93,19 @@ def run(args: argparse.Namespace) -> int:
     logger.info(
         "%d series converted, %d skipped, %d failed", converted, len(results) - converted - len(failed), len(failed)
     )
-    if not args.push:
+    if destination is None:
         return 1 if failed else 0
 
-    host = os.environ.get(HOST_ENV, "")
-    if not host:
-        logger.error("%s is not set: run inside XNAT's Container Service, or pass --no-push", HOST_ENV)
-        return 1
     delivered: list[dict[str, Any]] = []
     try:
-        destination = destination_from_url(host)
-        for subject, session in dataset_sessions(bids):
+        for bids_subject, bids_session in dataset_sessions(bids):
             report = push_session(
                 destination,
                 args.project,
                 bids,
-                subject,
-                session,
-                subject_label=args.subject,
+                bids_subject,
+                bids_session,
+                subject_label=subject,
                 session_label=args.session,
             )
             delivered.append(report.to_dict())

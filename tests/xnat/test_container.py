@@ -94,8 +94,10 @@ def test_entrypoint_converts_and_delivers_into_the_session(
     monkeypatch.setenv("XNAT_USER", "uploader")
     monkeypatch.setenv("XNAT_PASS", PASSWORDS["uploader"])
     output = tmp_path / "output"
+    subject_id = emulator.inventory().subjects[0].subject_id  # the Container Service passes the ID
+    assert subject_id != "SUBJ01"
     argv = ["--input", str(session_mount), "--output", str(output), "--project", PROJECT,
-            "--subject", "SUBJ01", "--session", "SUBJ01_MR1"]  # fmt: skip
+            "--subject", subject_id, "--session", "SUBJ01_MR1"]  # fmt: skip
     assert entrypoint.main(argv) == 0
 
     conversion = json.loads((output / "reports" / "conversion.json").read_text())
@@ -104,6 +106,7 @@ def test_entrypoint_converts_and_delivers_into_the_session(
     assert (delivery["subject_label"], delivery["session_label"]) == ("SUBJ01", "SUBJ01_MR1")
     inventory = emulator.inventory()
     assert [e.label for e in inventory.experiments] == ["SUBJ01_MR1"]
+    assert [s.label for s in inventory.subjects] == ["SUBJ01"]
     files = {(f.scan, f.resource, f.path) for f in inventory.files}
     assert ("5", "DICOM", "placeholder.dcm") in files  # XNAT's own resource is left alone
     nifti = {(scan, path) for scan, resource, path in files if resource == "NIFTI"}
