@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from xnat_container import (
     XnatAuthError,
     XnatRequestError,
     XnatUnavailable,
+    XnatVerificationError,
     push_dataset,
     push_session,
 )
@@ -172,3 +174,39 @@ def test_duplicates_answer_is_a_failure(xa30_bids: Path, emulator: XnatEmulator,
     with pytest.raises(XnatRequestError, match="kept its existing copy"):
         push_session(destination, PROJECT, xa30_bids, SUBJECT, SESSION)
     assert emulator.duplicate_file_writes == 1
+
+
+def test_without_listed_digests_files_are_verified_by_download(
+    xa30_bids: Path, emulator: XnatEmulator, destination, monkeypatch
+):
+    """An XNAT with checksums switched off lists no digest: each file is then downloaded and hashed."""
+    listing = push_module.XnatClient.list_files
+
+    def without_digests(self, resource_path):
+        return {path: replace(remote, digest="") for path, remote in listing(self, resource_path).items()}
+
+    monkeypatch.setattr(push_module.XnatClient, "list_files", without_digests)
+    report = push_session(destination, PROJECT, xa30_bids, SUBJECT, SESSION)
+    downloads = emulator.count_requests("GET", r"/files/.+", status=200)
+    assert downloads == report.files_verified == len(expected_files(xa30_bids))
+    assert stored_files(emulator) == expected_files(xa30_bids)
+
+
+def test_a_file_stored_wrong_fails_verification_and_the_next_push_repairs_it(
+    xa30_bids: Path, emulator: XnatEmulator, destination, monkeypatch, tmp_path
+):
+    upload = push_module._upload
+    wrong = tmp_path / "wrong.bin"
+    wrong.write_bytes(b"not the file")
+
+    def corrupting(client, path, local, remote):
+        return upload(client, path, wrong if remote.endswith("_scans.tsv") else local, remote)
+
+    monkeypatch.setattr(push_module, "_upload", corrupting)
+    with pytest.raises(XnatVerificationError, match=r"_scans\.tsv .* does not match the local file") as caught:
+        push_session(destination, PROJECT, xa30_bids, SUBJECT, SESSION)
+    assert caught.value.retryable
+    monkeypatch.setattr(push_module, "_upload", upload)
+    report = push_session(destination, PROJECT, xa30_bids, SUBJECT, SESSION)
+    assert report.files_uploaded == 1  # only the damaged file is sent again
+    assert stored_files(emulator) == expected_files(xa30_bids)
