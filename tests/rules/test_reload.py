@@ -117,3 +117,14 @@ def test_no_path_means_the_default_rules() -> None:
     assert holder.rules == load_default_rules()
     assert holder.status().path is None and holder.status().rules[0] == "non-image-objects"
     holder.stop()
+
+
+def test_default_interval_meets_the_5_second_promise(rules_file: Path) -> None:
+    holder = RulesHolder(rules_file)  # the interval the plugin uses
+    holder.start()
+    try:
+        time.sleep(0.1)
+        rules_file.write_text(GOOD % "promised", encoding="utf-8")
+        assert _wait(lambda: _names(holder) == ["promised"], timeout=5.0) < 5.0
+    finally:
+        holder.stop()
