@@ -17,6 +17,7 @@ from converters.errors import (
     DicomInputError,
     LabelError,
 )
+from converters.labels import Labels
 from converters.pipeline import convert_series, convert_tree, series_outputs
 from converters.records import SeriesResult
 
@@ -27,6 +28,7 @@ __all__ = [
     "Dcm2niixError",
     "DicomInputError",
     "LabelError",
+    "Labels",
     "Override",
     "SeriesResult",
     "convert_series",

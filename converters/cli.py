@@ -1,6 +1,7 @@
 """The ``convert`` subcommand: convert a DICOM folder offline into a BIDS dataset.
 
-``bidsbridge convert DICOM_DIR BIDS_DIR [--subject S] [--session X] [--report REPORT.json]``
+``bidsbridge convert DICOM_DIR BIDS_DIR [--subject S] [--session X] [--report REPORT.json]
+[--subject-template T] [--session-template T] [--pseudonym-key-file KEY | --subject-map TABLE.tsv]``
 
 Prints one line per series (state, series number and description, then outputs or the reason)
 and exits 0 only when every series was converted or skipped with a reason. ``--report`` writes
@@ -18,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from converters.errors import BidsBridgeError
+from converters.errors import BidsBridgeError, LabelError
+from converters.labels import Labels, read_subject_map
 from converters.pipeline import convert_tree
 from converters.records import SeriesResult
 
@@ -39,6 +41,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="BIDS dataset to create or add to")
     parser.add_argument("--subject", help="subject label (default: the PatientID, letters and digits only)")
     parser.add_argument("--session", help="session label (default: the StudyDate, YYYYMMDD)")
+    parser.add_argument(
+        "--subject-template", default="{PatientID}", help="subject label template over {PatientID}, {StudyDate}, ..."
+    )
+    parser.add_argument("--session-template", default="{StudyDate}", help="session label template")
+    pseudonyms = parser.add_mutually_exclusive_group()
+    pseudonyms.add_argument(
+        "--pseudonym-key-file", type=Path, metavar="KEY", help="site secret: subject labels become keyed hashes"
+    )
+    pseudonyms.add_argument(
+        "--subject-map", type=Path, metavar="TABLE.tsv", help="two-column table: templated subject -> label"
+    )
     parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write the per-series results as JSON")
     parser.set_defaults(handler=run_convert)
 
@@ -60,10 +73,23 @@ def summarize(results: Sequence[SeriesResult], out: TextIO) -> bool:
     return bool(results) and all(r.state == "converted" or (r.state == "skipped" and bool(r.reason)) for r in results)
 
 
+def _read_key(path: Path) -> bytes:
+    try:
+        return path.read_bytes().strip()
+    except OSError as exc:
+        raise LabelError(f"cannot read the pseudonym key file {path}: {exc}") from exc
+
+
 def run_convert(args: argparse.Namespace) -> int:
     """Handler of ``convert``: returns the process exit code."""
     try:
-        results = convert_tree(args.dicom_dir, args.bids_dir, subject=args.subject, session=args.session)
+        labels = Labels(
+            subject=args.subject_template,
+            session=args.session_template,
+            pseudonym_key=None if args.pseudonym_key_file is None else _read_key(args.pseudonym_key_file),
+            subject_map=None if args.subject_map is None else read_subject_map(args.subject_map),
+        )
+        results = convert_tree(args.dicom_dir, args.bids_dir, subject=args.subject, session=args.session, labels=labels)
     except BidsBridgeError as exc:
         print(f"bidsbridge convert: {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ from converters.classify import DEFAULT_RULES, Override, Rule, SeriesFacts, clas
 from converters.conversion import dcm2niix_version, run_dcm2niix
 from converters.discover import discover
 from converters.errors import BidsBridgeError, DatasetError, DicomInputError, LabelError
+from converters.labels import Labels
 from converters.records import (
     BidsTarget,
     ConvertedImage,
@@ -59,17 +60,15 @@ def _name(series: DicomSeries) -> str:
     return f"series {number} {series.series_description!r} ({series.series_uid})"
 
 
-def _subject(series: DicomSeries, subject: str | None) -> str:
+def _subject(series: DicomSeries, subject: str | None, labels: Labels) -> str:
     if subject is not None:
         return sanitize_label(subject)
-    if not series.patient_id:
+    if not series.patient_id and "{PatientID}" in labels.subject:
         raise DicomInputError(f"{_name(series)} has no PatientID; pass an explicit subject label")
     try:
-        return sanitize_label(series.patient_id)
+        return labels.subject_label(series)
     except LabelError as exc:
-        raise DicomInputError(
-            f"the PatientID of {_name(series)} has no letters or digits; pass an explicit subject label"
-        ) from exc
+        raise DicomInputError(f"{_name(series)}: {exc}") from exc
 
 
 def _damage_message(series: DicomSeries) -> str:
@@ -122,11 +121,13 @@ def _convert_discovered(
     session: str | None,
     overrides: Sequence[Override],
     rules: Sequence[Rule],
+    labels: Labels,
 ) -> SeriesResult:
     if series.problems:
         raise DicomInputError(_damage_message(series), series.problems[0].path)
-    subject_label = _subject(series, subject)
+    subject_label = _subject(series, subject, labels)
     session_label = None if session is None else sanitize_label(session)
+    session_base = labels.session_label(series) if session is None else None
     version = dcm2niix_version()
     staging = make_staging_dir(root)
     try:
@@ -152,7 +153,9 @@ def _convert_discovered(
                         raise DatasetError(f"cannot stage the outputs of {_name(series)} in {root}: {exc}") from exc
         published = publish(
             root,
-            PublishRequest(series=series, subject=subject_label, session=session_label, images=staged),
+            PublishRequest(
+                series=series, subject=subject_label, session=session_label, images=staged, session_base=session_base
+            ),
             dcm2niix_version=version,
         )
     finally:
@@ -189,11 +192,13 @@ def convert_series(
     subject: str | None = None,
     session: str | None = None,
     overrides: Sequence[Override] = (),
+    labels: Labels | None = None,
 ) -> SeriesResult:
     """Convert the one series whose files are in ``dicom_dir`` into the BIDS dataset.
 
     ``subject`` defaults to the sanitized PatientID, ``session`` to the StudyDate (disambiguated
-    when the subject has another study that day). Re-converting a series replaces its files.
+    when the subject has another study that day); ``labels`` changes those defaults (templates,
+    pseudonyms, see :class:`~converters.labels.Labels`). Re-converting a series replaces its files.
 
     Returns a result with state ``converted`` or ``skipped`` (with the reason). Raises
     :class:`DicomInputError` when the input is unusable (damaged or non-DICOM files, no DICOM,
@@ -214,7 +219,13 @@ def convert_series(
         listed = ", ".join(_name(series) for series in inventory.series)
         raise DicomInputError(f"expected one series, found {len(inventory.series)}: {listed}", dicom_dir)
     return _convert_discovered(
-        inventory.series[0], root, subject=subject, session=session, overrides=overrides, rules=DEFAULT_RULES
+        inventory.series[0],
+        root,
+        subject=subject,
+        session=session,
+        overrides=overrides,
+        rules=DEFAULT_RULES,
+        labels=labels or Labels(),
     )
 
 
@@ -225,6 +236,7 @@ def convert_tree(
     subject: str | None = None,
     session: str | None = None,
     overrides: Sequence[Override] = (),
+    labels: Labels | None = None,
 ) -> list[SeriesResult]:
     """Discover and convert every series under ``input_dir``; one bad series never stops the others.
 
@@ -242,7 +254,13 @@ def convert_tree(
     for series in inventory.series:
         try:
             result = _convert_discovered(
-                series, root, subject=subject, session=session, overrides=overrides, rules=DEFAULT_RULES
+                series,
+                root,
+                subject=subject,
+                session=session,
+                overrides=overrides,
+                rules=DEFAULT_RULES,
+                labels=labels or Labels(),
             )
         except Exception as exc:  # one bad series must not stop the others
             if not isinstance(exc, BidsBridgeError):
@@ -259,12 +277,7 @@ def convert_tree(
         results.append(result)
     # A later series may have renamed an earlier one's files (runs of true repeats): report where
     # each series' files are now.
-    results = [
-        replace(result, outputs=tuple(series_outputs(root, result.series_uid)))
-        if result.state == "converted"
-        else result
-        for result in results
-    ]
+    results = [_current(root, result) if result.state == "converted" else result for result in results]
     for item in (*inventory.foreign, *inventory.unattributed):
         try:
             shown = str(item.path.relative_to(source))
@@ -279,6 +292,14 @@ def convert_tree(
             )
         )
     return results
+
+
+def _current(root: Path, result: SeriesResult) -> SeriesResult:
+    """``result`` with the files and session its series has now (later series may have moved them)."""
+    manifest = read_manifest(manifest_path(root, result.series_uid))
+    if manifest is None:
+        return result
+    return replace(result, outputs=manifest.outputs, session=manifest.session)
 
 
 def series_outputs(dataset_root: Path, series_uid: str) -> list[str]:

@@ -54,6 +54,7 @@ __all__ = [
     "Published",
     "SeriesManifest",
     "StagedImage",
+    "StudyKey",
     "dataset_lock",
     "discard_staging",
     "make_staging_dir",
@@ -61,7 +62,7 @@ __all__ = [
     "publish",
     "read_manifest",
     "read_manifests",
-    "resolve_session",
+    "resolve_sessions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ class SeriesManifest:
     #: Each image as the classifier placed it, and where it is now (extension -> path).
     images: tuple[ImageRecord, ...] = ()
     placed: tuple[Mapping[str, str], ...] = ()
+    #: The session label the study asked for, its StudyTime, and whether the label was given
+    #: by the caller (never disambiguated or moved). None for manifests of older versions.
+    session_base: str | None = None
+    study_time: str = ""
+    session_fixed: bool = True
 
     def entry(self) -> SeriesEntry:
         return SeriesEntry(self.series_uid, self.series_number, self.acquisition_time, self.images)
@@ -109,6 +115,9 @@ class SeriesManifest:
             "series_number": self.series_number,
             "series_description": self.series_description,
             "acquisition_time": self.acquisition_time,
+            "session_base": self.session_base,
+            "study_time": self.study_time,
+            "session_fixed": self.session_fixed,
             "outputs": list(self.outputs),
             "scans": [{"filename": name, "acq_time": time} for name, time in self.scans],
             "images": [
@@ -129,6 +138,9 @@ class SeriesManifest:
             outputs=tuple(str(p) for p in data["outputs"]),
             scans=tuple((str(s["filename"]), str(s["acq_time"])) for s in data["scans"]),
             acquisition_time=str(data.get("acquisition_time", "")),
+            session_base=None if data.get("session_base") is None else str(data["session_base"]),
+            study_time=str(data.get("study_time", "")),
+            session_fixed=bool(data.get("session_fixed", True)),
             images=tuple(ImageRecord.from_json(image) for image in data.get("images", ())),
             placed=tuple({str(k): str(v) for k, v in image["placed"].items()} for image in data.get("images", ())),
         )
@@ -151,9 +163,12 @@ class PublishRequest:
 
     series: DicomSeries
     subject: str
-    #: Explicit session label, or None to derive it from the study (see :func:`resolve_session`).
+    #: Explicit session label, or None to derive it from the study (see :func:`resolve_sessions`).
     session: str | None
     images: tuple[StagedImage, ...] = ()
+    #: Session label the study asks for before disambiguation (the session template's result),
+    #: or None for the StudyDate. Used only when ``session`` is None.
+    session_base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,34 +258,61 @@ def _remove_empty_parents(root: Path, path: Path) -> None:
         folder = folder.parent
 
 
-def resolve_session(subject: str, series: DicomSeries, manifests: Mapping[str, SeriesManifest]) -> str:
-    """Session label of ``series``' study for ``subject``.
+@dataclass(frozen=True)
+class StudyKey:
+    """What decides a study's session label: the label it asks for and when it was acquired."""
 
-    A study already in the dataset keeps its label. A new study gets its StudyDate
-    (``20220711``); if that label already belongs to another study of the same subject it gets
-    the date plus StudyTime (``20220711T120427``), and failing that the date plus a digest of the
-    StudyInstanceUID. Without a StudyDate the label is ``uid`` plus that digest. So the study
-    published first on a date keeps the plain date; the others are deterministic in their headers.
+    study_uid: str
+    #: Requested label (session template, default StudyDate) or None (no date: a UID digest).
+    base: str | None
+    #: StudyTime (``HHMMSS[.ffffff]``) or "".
+    time: str
+    #: A label given by the caller (or by an older bidsbridge): used as it is.
+    fixed: str | None = None
+
+
+def _digest(study_uid: str) -> str:
+    return hashlib.sha256(study_uid.encode("utf-8")).hexdigest()[:8]
+
+
+def resolve_sessions(studies: Mapping[str, StudyKey]) -> dict[str, str]:
+    """Session label of each study of one subject, a pure function of all of them (so arrival
+    order never matters).
+
+    Fixed labels stay. Studies asking for the same label (two studies on one day) are put in
+    order of StudyTime (then UID): the first keeps the plain label (``20220711``), each later one
+    gets the time added (``20220711T153000``), or a digest of its StudyInstanceUID when even that
+    is taken. A study with no label to ask for gets ``uid`` plus that digest.
     """
-    for manifest in manifests.values():
-        if manifest.subject == subject and manifest.study_uid == series.study_uid and manifest.session:
-            return manifest.session
-    taken = {m.session for m in manifests.values() if m.subject == subject and m.study_uid != series.study_uid}
-    digest = hashlib.sha256(series.study_uid.encode("utf-8")).hexdigest()[:8]
-    date = series.study_date if len(series.study_date) == 8 and series.study_date.isdigit() else ""
-    time = series.study_time.split(".")[0]
-    candidates: list[str] = []
-    if date:
-        candidates.append(date)
-        if len(time) >= 6 and time[:6].isdigit():
-            candidates.append(f"{date}T{time[:6]}")
-        candidates.append(f"{date}x{digest}")
-    else:
-        candidates.append(f"uid{digest}")
-    for candidate in candidates:
-        if candidate not in taken:
-            return candidate
-    raise DatasetError(f"cannot find a free session label for study {series.study_uid} of sub-{subject}; pass session=")
+    labels: dict[str, str] = {uid: key.fixed for uid, key in studies.items() if key.fixed is not None}
+    taken = set(labels.values())
+    groups: dict[str, list[StudyKey]] = {}
+    for key in studies.values():
+        if key.fixed is None:
+            groups.setdefault(key.base or "", []).append(key)
+    for base in sorted(groups):
+        for position, key in enumerate(sorted(groups[base], key=lambda k: (k.time or "~", k.study_uid))):
+            time = key.time.split(".")[0]
+            candidates = [base] if base and position == 0 else []
+            if base and len(time) >= 6 and time[:6].isdigit():
+                candidates.append(f"{base}T{time[:6]}")
+            candidates.append(f"{base}x{_digest(key.study_uid)}" if base else f"uid{_digest(key.study_uid)}")
+            label = next((c for c in candidates if c not in taken), None)
+            if label is None:
+                raise DatasetError(f"cannot find a free session label for study {key.study_uid}; pass session=")
+            labels[key.study_uid] = label
+            taken.add(label)
+    return labels
+
+
+def _study_keys(subject: str, manifests: Mapping[str, SeriesManifest]) -> dict[str, StudyKey]:
+    keys: dict[str, StudyKey] = {}
+    for manifest in sorted(manifests.values(), key=lambda m: m.series_uid):
+        if manifest.subject != subject or manifest.study_uid in keys or manifest.session is None:
+            continue
+        fixed = manifest.session if manifest.session_fixed else None
+        keys[manifest.study_uid] = StudyKey(manifest.study_uid, manifest.session_base, manifest.study_time, fixed)
+    return keys
 
 
 def _refresh_scans(root: Path, subject: str, session: str | None, manifests: Mapping[str, SeriesManifest]) -> None:
@@ -446,6 +488,45 @@ def _settle(
             _write_text(path, dump_json(wanted))
 
 
+def _move_study(
+    root: Path, manifests: dict[str, SeriesManifest], *, study_uid: str, subject: str, session: str, skip: str
+) -> set[tuple[str, str | None]]:
+    """Move every series of a study (but ``skip``) of ``subject`` to another session label."""
+    moving = sorted(
+        (m for m in manifests.values() if m.subject == subject and m.study_uid == study_uid and m.series_uid != skip),
+        key=lambda m: m.series_uid,
+    )
+    touched: set[tuple[str, str | None]] = set()
+    if not moving:
+        return touched
+    hold = make_staging_dir(root)
+    try:
+        carried: list[tuple[SeriesManifest, tuple[StagedImage, ...]]] = []
+        for manifest in moving:
+            staged: list[StagedImage] = []
+            for index, (image, placed) in enumerate(zip(manifest.images, manifest.placed, strict=True)):
+                files: dict[str, Path] = {}
+                for ext, relative in placed.items():
+                    held = hold / f"{manifest.series_uid}.{index}{ext}"
+                    os.replace(root / relative, held)
+                    _remove_empty_parents(root, root / relative)
+                    files[ext] = held
+                staged.append(StagedImage(files=files, target=image.target(None)))
+            carried.append((manifest, tuple(staged)))
+            touched.add((manifest.subject, manifest.session))
+            manifest_path(root, manifest.series_uid).unlink(missing_ok=True)
+            del manifests[manifest.series_uid]
+        for old_subject, old_session in sorted(touched, key=str):
+            _settle(root, old_subject, old_session, manifests, incoming=None, staged=(), previous=None)
+        for manifest, staged_images in carried:
+            moved = replace(manifest, session=session, outputs=(), placed=(), scans=())
+            _settle(root, subject, session, manifests, incoming=moved, staged=staged_images, previous=None)
+    finally:
+        discard_staging(hold)
+    touched.add((subject, session))
+    return touched
+
+
 def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Published:
     """Publish one series under the dataset lock; see the module docstring."""
     uid = request.series.series_uid
@@ -453,9 +534,26 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
         with dataset_lock(root):
             manifests = read_manifests(root)
             previous = manifests.get(uid)
+            touched: set[tuple[str, str | None]] = set()
             session = request.session
+            base = request.session_base
+            if base is None and len(request.series.study_date) == 8 and request.series.study_date.isdigit():
+                base = request.series.study_date
             if session is None:
-                session = resolve_session(request.subject, request.series, manifests)
+                studies = _study_keys(request.subject, manifests)
+                studies[request.series.study_uid] = StudyKey(request.series.study_uid, base, request.series.study_time)
+                labels = resolve_sessions(studies)
+                session = labels[request.series.study_uid]
+                for study_uid, label in sorted(labels.items()):
+                    current = {
+                        m.session
+                        for m in manifests.values()
+                        if m.subject == request.subject and m.study_uid == study_uid and m.series_uid != uid
+                    }
+                    if current and current != {label}:
+                        touched |= _move_study(
+                            root, manifests, study_uid=study_uid, subject=request.subject, session=label, skip=uid
+                        )
             incoming: SeriesManifest | None = None
             if request.images:
                 incoming = SeriesManifest(
@@ -467,6 +565,9 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                     series_description=request.series.series_description,
                     outputs=(),
                     acquisition_time=request.series.acquisition_time,
+                    session_base=base if request.session is None else None,
+                    study_time=request.series.study_time,
+                    session_fixed=request.session is not None,
                     images=tuple(
                         ImageRecord(
                             datatype=image.target.datatype,
@@ -478,7 +579,6 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                         for image in request.images
                     ),
                 )
-            touched: set[tuple[str, str | None]] = set()
             if previous is not None and (
                 incoming is None or (previous.subject, previous.session) != (request.subject, session)
             ):

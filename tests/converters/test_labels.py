@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from converters import LabelError, sanitize_label
+from converters import LabelError, Labels, convert_series, sanitize_label
 from converters.bids.naming import entity_value, relative_path
-from converters.records import BidsTarget
+from converters.bids.publish import BOOKKEEPING_DIR
+from converters.labels import read_subject_map
+from converters.records import BidsTarget, DicomSeries
+from tests.converters.helpers import series_dir
 
 
 @pytest.mark.parametrize(
@@ -54,3 +59,55 @@ def test_relative_path_puts_entities_in_bids_order() -> None:
         "sub-01/ses-20220711/func/sub-01_ses-20220711_task-rest_acq-mb_dir-AP_run-2_echo-1_bold.nii.gz"
     )
     assert relative_path("01", None, BidsTarget("anat", "T1w"), ".json") == "sub-01/anat/sub-01_T1w.json"
+
+
+def _series(**changes: object) -> DicomSeries:
+    fields: dict[str, object] = {
+        "series_uid": "1.2.3", "study_uid": "1.2", "patient_id": "12343@hucheng", "series_number": 3,
+        "series_description": "", "protocol_name": "", "modality": "MR",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4", "study_date": "20220711", "study_time": "120427.5",
+        "acquisition_time": "", "image_type": (), "has_pixels": True, "files": (),
+    }  # fmt: skip
+    fields.update(changes)
+    return DicomSeries(**fields)  # type: ignore[arg-type]
+
+
+def test_label_templates() -> None:
+    labels = Labels(subject="site1-{PatientID}", session="{StudyDate}{StudyTime}")
+    assert labels.subject_label(_series()) == "site112343hucheng"
+    assert labels.session_label(_series()) == "202207111204275"
+    assert Labels().session_label(_series(study_date="")) is None  # the publisher derives one
+    with pytest.raises(LabelError, match="unknown placeholder"):
+        Labels(subject="{PatientName}")
+
+
+def test_keyed_hash_pseudonyms_are_stable_per_key() -> None:
+    key = b"0123456789abcdef-site-secret"
+    first = Labels(pseudonym_key=key).subject_label(_series())
+    assert first == Labels(pseudonym_key=key).subject_label(_series(study_uid="9.9"))
+    assert len(first) == 12 and first.isalnum() and "hucheng" not in first
+    assert Labels(pseudonym_key=b"another-site-secret-key").subject_label(_series()) != first
+    with pytest.raises(LabelError, match="16 bytes"):
+        Labels(pseudonym_key=b"short")
+
+
+def test_mapping_table(tmp_path: Path) -> None:
+    table = tmp_path / "map.tsv"
+    table.write_text("source\tlabel\n12343@hucheng\tsub-001\nother\t002\n")
+    labels = Labels(subject_map=read_subject_map(table))
+    assert labels.subject_label(_series()) == "001"
+    with pytest.raises(LabelError, match="not in the subject mapping table"):
+        labels.subject_label(_series(patient_id="unknown"))
+    table.write_text("a\t1\na\t2\n")
+    with pytest.raises(LabelError, match="mapped twice"):
+        read_subject_map(table)
+
+
+def test_pseudonymised_conversion_leaks_no_patient_id(xa30: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    result = convert_series(series_dir(xa30, 7), root, labels=Labels(pseudonym_key=b"0123456789abcdef0123"))
+    assert result.subject is not None and "hucheng" not in result.subject
+    for path in root.rglob("*"):
+        if path.is_file() and BOOKKEEPING_DIR not in path.parts:
+            assert "hucheng" not in str(path.relative_to(root))
+            assert b"hucheng" not in path.read_bytes(), path

@@ -137,6 +137,32 @@ def test_second_study_on_the_same_date_gets_its_own_session(xa30: Path, tmp_path
     assert validate(root) == []
 
 
+def test_same_day_sessions_do_not_depend_on_arrival_order(xa30: Path, tmp_path: Path) -> None:
+    (original_file,) = series_dir(xa30, 5).iterdir()
+    earlier = _copy_as_new_study(original_file, tmp_path / "earlier", "080000")
+    later = _copy_as_new_study(original_file, tmp_path / "later", "153000")
+    trees = {}
+    for order in ([earlier, series_dir(xa30, 5), later], [later, series_dir(xa30, 5), earlier]):
+        root = tmp_path / f"bids{len(trees)}"
+        results = {folder: convert_series(folder, root) for folder in order}
+        # The earliest study of the day keeps the plain date, whatever arrived first.
+        assert series_outputs(root, results[earlier].series_uid)[1] == (
+            f"{SUB}/ses-20220711/anat/{SUB}_ses-20220711_acq-tfl_T1w.nii.gz"
+        )
+        for folder, clock in ((series_dir(xa30, 5), "120427"), (later, "153000")):
+            session = f"ses-20220711T{clock}"
+            assert series_outputs(root, results[folder].series_uid)[1] == (
+                f"{SUB}/{session}/anat/{SUB}_{session}_acq-tfl_T1w.nii.gz"
+            )
+        assert validate(root) == []
+        trees[len(trees)] = {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and BOOKKEEPING_DIR not in p.relative_to(root).parts
+        }
+    assert trees[0] == trees[1]
+
+
 def test_explicit_labels_and_user_columns(xa30: Path, tmp_path: Path) -> None:
     root = tmp_path / "bids"
     result = convert_series(series_dir(xa30, 5), root, subject="Pilot 01", session="pre-op")
