@@ -20,9 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
+from converters.classify import SUPPORTED
+
 from .errors import Diagnostic, RulesError
 from .fields import FieldError, parse_field
-from .loader import YMap, YNode, YScalar, YSeq, read_rule_file
+from .loader import MAX_FILE_BYTES, YMap, YNode, YScalar, YSeq, read_rule_file
 from .match import OPERATORS, RegexError, compile_regex
 from .model import (
     Action,
@@ -356,6 +358,14 @@ class _Builder:
             if suffix is not None and not (suffix.isascii() and suffix.isalnum()):
                 self.error(keys["suffix"][1].position, f"BIDS suffix {suffix!r} must be letters and digits",
                            "e.g. T1w, bold, dwi, epi")
+        if ("datatype" in keys) != ("suffix" in keys):
+            given = "datatype" if "datatype" in keys else "suffix"
+            self.error(keys[given][0].position, "datatype and suffix go together",
+                       "name both (e.g. datatype: anat, suffix: T2w), or neither to let the classifier decide")
+        elif datatype in DATATYPES and suffix and (datatype, suffix) not in SUPPORTED:
+            known = ", ".join(sorted(s for d, s in SUPPORTED if d == datatype)) or "none yet"
+            self.note(keys["suffix"][1].position, f"{datatype}/{suffix} is not a target the converter knows",
+                      f"it is written as named, without the converter's checks; known {datatype} suffixes: {known}")
         entities: dict[str, Template] = {}
         if "entities" in keys:
             entity_node = keys["entities"][1]
@@ -565,8 +575,6 @@ def check_rules(data: bytes, file: str, context: CheckContext | None = None) -> 
 
 
 def _read(path: Path) -> bytes:
-    from .loader import MAX_FILE_BYTES  # noqa: PLC0415
-
     try:
         with path.open("rb") as handle:
             return handle.read(MAX_FILE_BYTES + 1)

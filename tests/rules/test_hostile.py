@@ -108,8 +108,10 @@ CASES: dict[str, tuple[str | bytes, int, int, str]] = {
                     "unknown key 'matches' in a rule"),
     "unknown-derivation": (_RULE + "    match: {}\n    actions: [{derive: [adc, fa]}]\n", 5, 30,
                            "unknown derivation 'fa'"),
-    "unknown-datatype": (_RULE + "    match: {}\n    actions: [{convert: {datatype: anatomy}}]\n", 5, 36,
+    "unknown-datatype": (_RULE + "    match: {}\n    actions: [{convert: {datatype: anatomy, suffix: T1w}}]\n", 5, 36,
                          "unknown BIDS datatype 'anatomy'"),
+    "datatype-without-suffix": (_RULE + "    match: {}\n    actions: [{convert: {datatype: anat}}]\n", 5, 26,
+                                "datatype and suffix go together"),
     "unknown-entity": (_RULE + "    match: {}\n    actions: [{convert: {entities: {sub: x}}}]\n", 5, 37,
                        "unknown key 'sub' in entities"),
     "run-not-digits": (_RULE + "    match: {}\n    actions: [{convert: {entities: {run: one}}}]\n", 5, 42,
@@ -230,3 +232,13 @@ def test_mutated_rule_files_never_raise_anything_but_rules_error() -> None:
             usable += 1
             evaluate(ruleset, facts).to_dict()
     assert usable > 50 and refused > 50, (usable, refused)
+
+
+def test_target_unknown_to_the_converter_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(_RULE + "    match: {}\n    actions: [{convert: {datatype: anat, suffix: MP2RAGE}}]\n",
+                    encoding="utf-8")
+    assert main(["rules", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}:5:50: note: anat/MP2RAGE is not a target the converter knows" in out
+    assert "known anat suffixes: FLAIR, PDT2, PDw, T1w, T2starw, T2w, angio, inplaneT1, inplaneT2" in out
