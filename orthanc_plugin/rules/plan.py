@@ -14,6 +14,7 @@ since retrying will not help), and an unexpected internal error is logged and re
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -202,6 +203,29 @@ class Decision:
             return "convert"
         return "forward" if self.forwards else "none"
 
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Decision:
+        """Read a :meth:`to_dict` record back (e.g. from a job); raise ``ValueError`` if malformed."""
+        try:
+            skip = record.get("skip")
+            return cls(
+                series_uid=str(record["series_uid"]),
+                series_description=str(record["series_description"]),
+                series_number=_optional(record.get("series_number")),
+                orthanc_id=_optional(record.get("orthanc_id")),
+                rules_source=str(record["rules"]["source"]),
+                rules_digest=str(record["rules"]["digest"]),
+                trace=tuple(
+                    RuleTrace(str(t["rule"]), int(t["line"]), t["status"], _optional(t.get("reason")))
+                    for t in record["trace"]
+                ),
+                actions=tuple(_planned(a, str(record["series_uid"])) for a in record["actions"]),
+                skip=None if skip is None else PlannedSkip(str(skip["rule"]), str(skip["reason"])),
+                problems=tuple(str(p) for p in record.get("problems", ())),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a decision record: {type(exc).__name__}: {exc}") from None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "series_uid": self.series_uid,
@@ -216,6 +240,37 @@ class Decision:
             "problems": list(self.problems),
             "trace": [t.to_dict() for t in self.trace],
         }
+
+
+def _optional(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _planned(record: Mapping[str, Any], series_uid: str) -> Planned:
+    kind = record["action"]
+    rule = str(record["rule"])
+    if kind == "convert":
+        override = record.get("override")
+        forced = None
+        if override is not None:
+            forced = Override(series_uid=series_uid or None, datatype=_optional(override.get("datatype")),
+                              suffix=_optional(override.get("suffix")),
+                              entities={str(k): _optional(v) for k, v in dict(override["entities"]).items()})
+        return PlannedConvert(rule, str(record["dataset"]), forced, _optional(record.get("subject")),
+                              _optional(record.get("session")))
+    if kind == "derive":
+        return PlannedDerive(rule, tuple(str(n) for n in record["names"]))
+    if kind == "push_xnat":
+        return PlannedPush(rule, str(record["server"]), str(record["project"]), str(record["subject"]),
+                           str(record["session"]))
+    if kind == "forward":
+        target_kind = record["kind"]
+        if target_kind not in ("modality", "peer"):
+            raise KeyError(f"forward kind {target_kind!r}")
+        return PlannedForward(rule, target_kind, str(record["target"]))
+    if kind == "skip":
+        return PlannedSkip(rule, str(record["reason"]))
+    raise KeyError(f"action {kind!r}")
 
 
 class _Planner:

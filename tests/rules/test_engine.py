@@ -253,3 +253,24 @@ def test_facts_from_dataset_match_facts_from_orthanc_for_common_attributes(corpu
     assert "PerFrameFunctionalGroupsSequence" not in facts.attributes
     assert "PixelData" not in facts.attributes
     assert facts.series_uid == str(dataset.SeriesInstanceUID)
+
+
+def test_decision_round_trips_through_its_record() -> None:
+    rules = load_rules(RULES / "examples" / "route-by-calling-aet.yaml")
+    facts = _facts(Modality="MR", Rows="64", PatientID="p", StudyDate="20240101")
+    for source in (SourceFacts("PRISMA_NEURO"), SourceFacts("SKYRA_CARDIO"), SourceFacts("X")):
+        decision = evaluate(rules, SeriesFacts("1.2.3", facts.attributes, source, 3))
+        record = json.loads(json.dumps(decision.to_dict()))
+        again = type(decision).from_dict(record)
+        assert again == decision
+        assert again.outcome == decision.outcome
+    protocol = load_rules(RULES / "examples" / "protocol-overrides.yaml")
+    decision = evaluate(protocol, _facts(ProtocolName="DWI_dir80_PA", Rows="1", PatientID="p", Modality="MR"))
+    again = type(decision).from_dict(json.loads(json.dumps(decision.to_dict())))
+    assert again.converts[0].override == Override(series_uid="1.2.3", datatype="dwi", suffix="dwi",
+                                                  entities={"acq": "dir80", "dir": "PA"})
+    assert again == decision
+    with pytest.raises(ValueError, match="not a decision record"):
+        type(decision).from_dict({"series_uid": "x"})
+    with pytest.raises(ValueError, match="action 'explode'"):
+        type(decision).from_dict({**decision.to_dict(), "actions": [{"action": "explode", "rule": "r"}]})
