@@ -63,7 +63,7 @@ def cached_folders(monkeypatch: pytest.MonkeyPatch) -> None:
 
     original = _CACHE.setdefault("original", cli.facts_from_folder)
 
-    def cached(folder, *, source=None):  # type: ignore[no-untyped-def]
+    def cached(folder, *, source=None):
         key = str(folder)
         if key not in _CACHE:
             _CACHE[key] = original(folder)
