@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     pseudonyms.add_argument(
         "--subject-map", type=Path, metavar="TABLE.tsv", help="two-column table: templated subject -> label"
     )
+    parser.add_argument("--no-demographics", action="store_true", help="leave age and sex out of participants.tsv")
     parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write the per-series results as JSON")
     parser.set_defaults(handler=run_convert)
 
@@ -88,6 +89,7 @@ def run_convert(args: argparse.Namespace) -> int:
             session=args.session_template,
             pseudonym_key=None if args.pseudonym_key_file is None else _read_key(args.pseudonym_key_file),
             subject_map=None if args.subject_map is None else read_subject_map(args.subject_map),
+            demographics=not args.no_demographics,
         )
         results = convert_tree(args.dicom_dir, args.bids_dir, subject=args.subject, session=args.session, labels=labels)
     except BidsBridgeError as exc:

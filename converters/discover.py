@@ -62,6 +62,8 @@ class _Instance:
     acquisition_time: str
     image_type: tuple[str, ...]
     has_pixels: bool
+    patient_sex: str
+    patient_age: str
     #: Why the file is damaged although its header is readable (e.g. truncated pixel data).
     damage: str | None
 
@@ -223,6 +225,8 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
         acquisition_time=_acquisition_time(ds),
         image_type=types,
         has_pixels=has_pixels,
+        patient_sex=_text(ds, "PatientSex"),
+        patient_age=_text(ds, "PatientAge"),
         damage=damage,
     )
 
@@ -315,6 +319,8 @@ def discover(root: Path) -> Inventory:
                 has_pixels=any(m.has_pixels for m in members) or head.has_pixels,
                 files=tuple(sorted(m.path for m in members)),
                 problems=tuple(sorted(problems.get(key, []), key=lambda u: str(u.path))),
+                patient_sex=head.patient_sex,
+                patient_age=head.patient_age,
             )
         )
     series.sort(

@@ -62,6 +62,8 @@ class Labels:
     pseudonym_key: bytes | None = field(default=None, repr=False)
     #: Templated subject -> label to publish, or None.
     subject_map: Mapping[str, str] | None = field(default=None, hash=False, repr=False)
+    #: Write age and sex to participants.tsv when the headers record them (default True).
+    demographics: bool = True
 
     def __post_init__(self) -> None:
         _check_template(self.subject)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from converters.asl import read_asl_headers
-from converters.bids.dataset import dump_json, sidecar
+from converters.bids.dataset import dump_json, participant_facts, sidecar
 from converters.bids.naming import sanitize_label
 from converters.bids.publish import (
     PublishRequest,
@@ -154,7 +154,12 @@ def _convert_discovered(
         published = publish(
             root,
             PublishRequest(
-                series=series, subject=subject_label, session=session_label, images=staged, session_base=session_base
+                series=series,
+                subject=subject_label,
+                session=session_label,
+                images=staged,
+                session_base=session_base,
+                participant=participant_facts(series.patient_sex, series.patient_age) if labels.demographics else {},
             ),
             dcm2niix_version=version,
         )

@@ -67,6 +67,9 @@ class DicomSeries:
     files: tuple[Path, ...]
     #: Damaged files that belong (or may belong) to this series; a series with any fails.
     problems: tuple[UnusableFile, ...] = ()
+    #: PatientSex and PatientAge (``034Y``) as the header gives them, or "".
+    patient_sex: str = ""
+    patient_age: str = ""
 
 
 @dataclass(frozen=True)

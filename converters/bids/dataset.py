@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -18,10 +19,12 @@ from converters.records import BidsTarget
 __all__ = [
     "BIDS_VERSION",
     "IDENTIFYING_KEYS",
+    "MAX_AGE",
     "Table",
     "bidsbridge_version",
     "dataset_description",
     "dump_json",
+    "participant_facts",
     "participants_sidecar",
     "read_tsv",
     "readme_text",
@@ -110,8 +113,38 @@ def participants_sidecar() -> dict[str, Any]:
         "participant_id": {
             "Description": "Participant label: the DICOM PatientID reduced to letters and digits, "
             "unless the converting user gave one"
-        }
+        },
+        "age": {
+            "Description": "Age at the earliest study that records one (DICOM PatientAge), in years, "
+            "capped at 89 for privacy",
+            "Units": "year",
+        },
+        "sex": {
+            "Description": "DICOM PatientSex",
+            "Levels": {"M": "male", "F": "female", "O": "other"},
+        },
     }
+
+
+#: Largest age written (BIDS: cap ages for privacy).
+MAX_AGE = 89
+_AGE = re.compile(r"^(\d{1,3})([DWMY])$")
+_AGE_UNIT_DAYS = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
+
+
+def participant_facts(sex: str, age: str) -> dict[str, str]:
+    """``sex`` and ``age`` columns from DICOM PatientSex / PatientAge (``034Y``, ``006M``): only
+    values a header really records. ``000Y`` is what anonymisers write (a real infant's age comes
+    in days, weeks or months), so it counts as absent; ages are capped at :data:`MAX_AGE`."""
+    facts: dict[str, str] = {}
+    if sex.strip().upper() in ("M", "F", "O"):
+        facts["sex"] = sex.strip().upper()
+    found = _AGE.match(age.strip().upper())
+    if found and int(found.group(1)) > 0:
+        years = int(found.group(1)) * _AGE_UNIT_DAYS[found.group(2)] / 365.25
+        capped = min(years, MAX_AGE)
+        facts["age"] = str(int(capped)) if found.group(2) == "Y" or capped == MAX_AGE else f"{capped:.2f}"
+    return facts
 
 
 def sidecar(metadata: Mapping[str, Any], target: BidsTarget) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -102,6 +102,8 @@ class SeriesManifest:
     session_base: str | None = None
     study_time: str = ""
     session_fixed: bool = True
+    #: participants.tsv columns from this series' headers (``age``, ``sex``).
+    participant: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def entry(self) -> SeriesEntry:
         return SeriesEntry(self.series_uid, self.series_number, self.acquisition_time, self.images)
@@ -118,6 +120,7 @@ class SeriesManifest:
             "session_base": self.session_base,
             "study_time": self.study_time,
             "session_fixed": self.session_fixed,
+            "participant": dict(self.participant),
             "outputs": list(self.outputs),
             "scans": [{"filename": name, "acq_time": time} for name, time in self.scans],
             "images": [
@@ -141,6 +144,7 @@ class SeriesManifest:
             session_base=None if data.get("session_base") is None else str(data["session_base"]),
             study_time=str(data.get("study_time", "")),
             session_fixed=bool(data.get("session_fixed", True)),
+            participant={str(k): str(v) for k, v in data.get("participant", {}).items()},
             images=tuple(ImageRecord.from_json(image) for image in data.get("images", ())),
             placed=tuple({str(k): str(v) for k, v in image["placed"].items()} for image in data.get("images", ())),
         )
@@ -169,6 +173,8 @@ class PublishRequest:
     #: Session label the study asks for before disambiguation (the session template's result),
     #: or None for the StudyDate. Used only when ``session`` is None.
     session_base: str | None = None
+    #: participants.tsv columns this series' headers give (``age``, ``sex``), when allowed.
+    participant: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -345,28 +351,62 @@ def _refresh_scans(root: Path, subject: str, session: str | None, manifests: Map
     _write_text(path, render_tsv(columns, (rows[name] for name in sorted(rows))))
 
 
+#: participants.tsv columns bidsbridge fills from the headers, in this order.
+_PARTICIPANT_COLUMNS = ("age", "sex")
+
+
+def _participant_values(manifests: Sequence[SeriesManifest]) -> dict[str, str]:
+    """One subject's columns: sex when its series agree, age at the earliest study recording one."""
+    values: dict[str, str] = {}
+    sexes = {m.participant["sex"] for m in manifests if "sex" in m.participant}
+    if len(sexes) == 1:
+        values["sex"] = sexes.pop()
+    aged = sorted(
+        (m.acquisition_time or "~", m.series_uid, m.participant["age"]) for m in manifests if "age" in m.participant
+    )
+    if aged:
+        values["age"] = aged[0][2]
+    return values
+
+
 def _refresh_participants(root: Path, manifests: Mapping[str, SeriesManifest]) -> None:
     path = root / "participants.tsv"
-    subjects = {f"sub-{m.subject}" for m in manifests.values()}
+    by_subject: dict[str, list[SeriesManifest]] = {}
+    for manifest in manifests.values():
+        by_subject.setdefault(f"sub-{manifest.subject}", []).append(manifest)
+    facts = {participant: _participant_values(found) for participant, found in by_subject.items()}
     existing = read_tsv(path)
-    columns = ["participant_id"]
+    columns = ["participant_id"] + [c for c in _PARTICIPANT_COLUMNS if any(c in f for f in facts.values())]
     rows: dict[str, dict[str, str]] = {}
     if existing is not None:
         old_columns, old_rows = existing
         columns += [c for c in old_columns if c not in columns]
         for row in old_rows:
             participant = row.get("participant_id", "")
-            if participant in subjects or (participant and (root / participant).is_dir()):
+            if participant in by_subject or (participant and (root / participant).is_dir()):
                 rows[participant] = dict(row)
-    for participant in subjects:
-        rows.setdefault(participant, {"participant_id": participant})
+    for participant, values in facts.items():
+        row = rows.setdefault(participant, {"participant_id": participant})
+        for column in _PARTICIPANT_COLUMNS:
+            if column in values:
+                row[column] = values[column]
     if not rows:
         if path.exists():
             path.unlink()
         return
     _write_text(path, render_tsv(columns, (rows[p] for p in sorted(rows))))
-    if not (root / "participants.json").exists():
-        _write_text(root / "participants.json", dump_json(participants_sidecar()))
+    sidecar_path = root / "participants.json"
+    try:
+        described = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {sidecar_path} ({exc}); fix or delete it") from exc
+    ours = participants_sidecar()
+    wanted = dict(described)
+    for column in columns:
+        if column in ours and column not in wanted:
+            wanted[column] = ours[column]
+    if wanted != described or not sidecar_path.exists():
+        _write_text(sidecar_path, dump_json(wanted))
 
 
 def _ensure_dataset_files(root: Path, dcm2niix_version: str) -> None:
@@ -568,6 +608,7 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                     session_base=base if request.session is None else None,
                     study_time=request.series.study_time,
                     session_fixed=request.session is not None,
+                    participant=dict(request.participant),
                     images=tuple(
                         ImageRecord(
                             datatype=image.target.datatype,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from converters import LabelError, Labels, convert_series, sanitize_label
+from converters.bids.dataset import participant_facts
 from converters.bids.naming import entity_value, relative_path
 from converters.bids.publish import BOOKKEEPING_DIR
 from converters.labels import read_subject_map
@@ -111,3 +112,17 @@ def test_pseudonymised_conversion_leaks_no_patient_id(xa30: Path, tmp_path: Path
         if path.is_file() and BOOKKEEPING_DIR not in path.parts:
             assert "hucheng" not in str(path.relative_to(root))
             assert b"hucheng" not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    ("sex", "age", "facts"),
+    [
+        ("M", "031Y", {"sex": "M", "age": "31"}),
+        ("O", "006M", {"sex": "O", "age": "0.50"}),
+        ("", "000Y", {}),  # what anonymisers leave behind
+        ("X", "095Y", {"age": "89"}),  # capped for privacy
+        ("F", "", {"sex": "F"}),
+    ],
+)
+def test_participant_facts(sex: str, age: str, facts: dict[str, str]) -> None:
+    assert participant_facts(sex, age) == facts

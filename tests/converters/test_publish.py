@@ -168,11 +168,16 @@ def test_explicit_labels_and_user_columns(xa30: Path, tmp_path: Path) -> None:
     result = convert_series(series_dir(xa30, 5), root, subject="Pilot 01", session="pre-op")
     assert (result.subject, result.session) == ("Pilot01", "preop")
     assert result.outputs[1] == "sub-Pilot01/ses-preop/anat/sub-Pilot01_ses-preop_acq-tfl_T1w.nii.gz"
-    # A column the user added to participants.tsv survives later publishing.
-    (root / "participants.tsv").write_text("participant_id\tage\nsub-Pilot01\t42\n")
+    # Age and sex come from the headers; a column the user added survives later publishing.
+    assert (root / "participants.tsv").read_text() == "participant_id\tage\tsex\nsub-Pilot01\t31\tM\n"
+    (root / "participants.tsv").write_text("participant_id\tage\tsex\thand\nsub-Pilot01\t31\tM\tleft\n")
     convert_series(series_dir(xa30, 6), root, subject="Pilot 01", session="pre-op")
     convert_series(series_dir(xa30, 6), root, subject="Pilot02", session="pre-op")
-    assert (root / "participants.tsv").read_text() == "participant_id\tage\nsub-Pilot01\t42\nsub-Pilot02\tn/a\n"
+    assert (root / "participants.tsv").read_text() == (
+        "participant_id\tage\tsex\thand\nsub-Pilot01\t31\tM\tleft\nsub-Pilot02\t31\tM\tn/a\n"
+    )
+    described = json.loads((root / "participants.json").read_text())
+    assert described["age"]["Units"] == "year" and "M" in described["sex"]["Levels"]
     with pytest.raises(ValueError, match="cannot be a BIDS label"):
         convert_series(series_dir(xa30, 5), root, subject="@@")
 

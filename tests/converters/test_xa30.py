@@ -117,7 +117,7 @@ def test_dataset_level_files(xa30_dataset: Converted) -> None:
     names = [g["Name"] for g in description["GeneratedBy"]]
     assert names == ["bidsbridge", "dcm2niix"]
     assert description["GeneratedBy"][1]["Version"] == "v1.0.20260724"
-    assert (root / "participants.tsv").read_text() == f"participant_id\n{SUB}\n"
+    assert (root / "participants.tsv").read_text() == f"participant_id\tage\tsex\n{SUB}\t31\tM\n"
     assert "participant_id" in json.loads((root / "participants.json").read_text())
     assert (root / "README.md").is_file()
     scans = (root / PREFIX / f"{SUB}_{SES}_scans.tsv").read_text().splitlines()
