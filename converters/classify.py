@@ -35,6 +35,7 @@ from typing import Any
 from pydicom.uid import UID
 
 from converters.asl import AslHeaders, AslPlan, asl_fields
+from converters.bids.dataset import BIDS_VERSION
 from converters.bids.naming import INDEX_ENTITIES, entity_value, sanitize_label
 from converters.errors import LabelError
 from converters.records import BidsTarget, Classification, ConvertedImage, DicomSeries, Placement, Skip
@@ -244,6 +245,14 @@ def rule_non_image(facts: SeriesFacts) -> Classification | None:
 def rule_not_mr_acquisition(facts: SeriesFacts) -> Classification | None:
     """Images this version never places: other modalities, and screenshots (secondary captures)."""
     series = facts.series
+    if series.modality == "CT":
+        return Skip(f"CT: BIDS {BIDS_VERSION} defines no raw datatype for CT images", "not-mr")
+    if series.modality == "PT":
+        return Skip(
+            "PET: pet/ needs tracer, injection and blood fields (TracerName, InjectedRadioactivity, ...) that "
+            "image headers do not hold; not placed automatically",
+            "not-mr",
+        )
     if series.modality != "MR":
         return Skip(f"modality {series.modality or '(none)'}: only MR is placed in BIDS so far", "not-mr")
     if "Secondary Capture" in UID(series.sop_class_uid).name:
@@ -485,20 +494,33 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 
 @dataclass(frozen=True)
 class Override:
-    """A site decision that replaces what the rules decided for matching series.
+    """A site decision that replaces what the rules decided for matching series — the one
+    plug-in point of the routing rules (issue 4). Immutable; every field optional.
 
     Matches by ``series_uid`` and/or an ``fnmatch`` pattern on SeriesDescription (both must match
     when both are given). ``skip`` skips the series with that reason; otherwise the given fields
-    replace the rule's: ``entities`` are merged (a ``None`` value removes that entity). A skipped
-    series becomes a target only when the override names both ``datatype`` and ``suffix``.
+    replace the rule's. A skipped series (e.g. an ASL series whose headers lack required fields)
+    becomes a target only when the override names both ``datatype`` and ``suffix`` — and then the
+    override must supply what the rules could not (``metadata``, ``companions``).
     """
 
+    #: Match: this SeriesInstanceUID only.
     series_uid: str | None = None
+    #: Match: SeriesDescription matches this ``fnmatch`` pattern (case-sensitive).
     description: str | None = None
+    #: BIDS datatype folder (``anat``, ``func``, ``dwi``, ``fmap``, ``perf``, ...) to use instead.
     datatype: str | None = None
+    #: BIDS suffix (``T1w``, ``bold``, ``phasediff``, ``asl``, ...) to use instead.
     suffix: str | None = None
+    #: Entities merged into the rule's (``task``, ``acq``, ``run``, ``dir``, ...); None removes one.
+    #: A ``task`` also sets ``TaskName`` unless ``metadata`` gives one.
     entities: Mapping[str, str | None] = field(default_factory=dict, hash=False)
+    #: Extra sidecar fields, e.g. ASL timing or EchoTime1/EchoTime2 no header records.
     metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: Files written beside the image under another suffix, keyed ``_<suffix><extension>``, with
+    #: their text: e.g. ``{"_aslcontext.tsv": "volume_type\ncontrol\nlabel\n"}``.
+    companions: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: Skip the series with this reason (wins over everything else).
     skip: str | None = None
 
     def matches(self, series: DicomSeries) -> bool:
@@ -530,7 +552,7 @@ class Override:
             entities=entities,
             metadata=metadata,
             rule="override",
-            companions=decision.companions if same_kind else {},
+            companions={**(decision.companions if same_kind else {}), **self.companions},
         )
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_AGE",
     "Table",
     "bidsbridge_version",
+    "changes_text",
     "dataset_description",
     "dump_json",
     "participant_facts",
@@ -105,6 +106,15 @@ def readme_text() -> str:
         "\n"
         "`.bidsbridge/` holds bidsbridge's bookkeeping (which files belong to which series);\n"
         "do not edit it by hand.\n"
+    )
+
+
+def changes_text() -> str:
+    """The CHANGES file (CPAN Changes form) started with the dataset; curators add entries."""
+    return (
+        "1.0.0\n"
+        "  - Dataset started by bidsbridge: DICOM series converted with dcm2niix and filed into BIDS\n"
+        "    as they arrive; series added later are listed in each session's scans.tsv.\n"
     )
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.bids.dataset import (
+    changes_text,
     dataset_description,
     dump_json,
     participants_sidecar,
@@ -410,11 +411,13 @@ def _refresh_participants(root: Path, manifests: Mapping[str, SeriesManifest]) -
 
 
 def _ensure_dataset_files(root: Path, dcm2niix_version: str) -> None:
-    """Create dataset_description.json and README.md when missing; never overwrite the user's."""
+    """Create dataset_description.json, README.md and CHANGES when missing; never overwrite the user's."""
     if not (root / "dataset_description.json").exists():
         _write_text(root / "dataset_description.json", dump_json(dataset_description(dcm2niix_version)))
     if not any((root / name).exists() for name in ("README", "README.md", "README.rst", "README.txt")):
         _write_text(root / "README.md", readme_text())
+    if not (root / "CHANGES").exists():
+        _write_text(root / "CHANGES", changes_text())
 
 
 def _session_manifests(

@@ -188,3 +188,26 @@ def test_parse_ascconv() -> None:
         "### ASCCONV END ###"
     )
     assert parse_ascconv(text) == {"alTR[0]": "4800000", "tProtocolName": "a b"}
+
+
+def test_an_override_can_supply_what_no_header_records() -> None:
+    series = _series(series_uid="7.7", image_type=("ORIGINAL", "PRIMARY", "ASL"))
+    asl = ConvertedImage(Path("a.nii.gz"), Path("a.json"), None, None, {}, shape=(64, 64, 12, 2))
+    facts = SeriesFacts(series, (asl,))
+    refused = classify(facts)
+    assert isinstance(refused, Skip) and "missing: " in refused.reason
+    supplied = Override(
+        series_uid="7.7", datatype="perf", suffix="asl",
+        metadata={"M0Type": "Absent", "TotalAcquiredPairs": 1},
+        companions={"_aslcontext.tsv": "volume_type\ncontrol\nlabel\n"},
+    )  # fmt: skip
+    decision = classify(facts, overrides=[supplied])
+    assert isinstance(decision, BidsTarget)
+    assert (decision.datatype, decision.suffix, decision.metadata["M0Type"]) == ("perf", "asl", "Absent")
+    assert decision.companions == {"_aslcontext.tsv": "volume_type\ncontrol\nlabel\n"}
+
+
+@pytest.mark.parametrize(("modality", "word"), [("CT", "no raw datatype for CT"), ("PT", "TracerName")])
+def test_other_modalities_are_skipped_with_the_reason(modality: str, word: str) -> None:
+    decision = classify(SeriesFacts(_series(modality=modality)))
+    assert isinstance(decision, Skip) and word in decision.reason

@@ -190,6 +190,7 @@ def test_no_staging_leftovers(xa30: Path, tmp_path: Path) -> None:
     manifests = root / BOOKKEEPING_DIR / "series"
     assert not manifests.exists() or list(manifests.iterdir()) == []
     assert sorted(p.name for p in root.iterdir() if p.name != BOOKKEEPING_DIR) == [
+        "CHANGES",
         "README.md",
         "dataset_description.json",
     ]

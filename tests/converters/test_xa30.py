@@ -120,6 +120,8 @@ def test_dataset_level_files(xa30_dataset: Converted) -> None:
     assert (root / "participants.tsv").read_text() == f"participant_id\tage\tsex\n{SUB}\t31\tM\n"
     assert "participant_id" in json.loads((root / "participants.json").read_text())
     assert (root / "README.md").is_file()
+    assert (root / "CHANGES").read_text().startswith("1.0.0\n")
+    assert not (root / ".bidsignore").exists()  # nothing needs hiding from the validator
     scans = (root / PREFIX / f"{SUB}_{SES}_scans.tsv").read_text().splitlines()
     assert scans[0] == "filename\tacq_time"
     rows = dict(line.split("\t") for line in scans[1:])
@@ -141,7 +143,7 @@ def test_dataset_level_files(xa30_dataset: Converted) -> None:
     published = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".bidsbridge" not in p.parts}
     owned = {path for r in xa30_dataset.results for path in r.outputs}
     assert published - owned == {
-        "README.md", "dataset_description.json", "participants.json", "participants.tsv",
+        "CHANGES", "README.md", "dataset_description.json", "participants.json", "participants.tsv",
         f"{PREFIX}/{SUB}_{SES}_scans.tsv",
     }  # fmt: skip
     assert ASL_CONTEXT in owned
