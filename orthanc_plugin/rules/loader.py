@@ -1,5 +1,7 @@
 """Read a rule file safely into a tree of positioned YAML nodes (no Python objects, no code).
 
+The parser's event stream (libyaml's C parser when PyYAML has it, else PyYAML's own; both the
+safe loaders) is composed into nodes here, iteratively, so nothing is built before it is checked.
 Only plain YAML is accepted: mappings, sequences and scalars. Refused, each with a diagnostic at
 its position: files over :data:`MAX_FILE_BYTES`, bytes that are not UTF-8, invisible or
 bidirectional control characters (text that reads differently than it parses), anchors and
@@ -12,12 +14,20 @@ them (``str``, ``int``, ``float``, ``bool``, ``null``; timestamps stay text).
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
-from yaml.events import AliasEvent, NodeEvent
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    DocumentStartEvent,
+    MappingStartEvent,
+    NodeEvent,
+    ScalarEvent,
+    SequenceStartEvent,
+)
+from yaml.nodes import ScalarNode
 
 from .errors import Diagnostic, RulesError
 from .model import Position
@@ -72,41 +82,11 @@ class _Refused(Exception):
         self.mark = mark
 
 
-class _SafeComposer(yaml.SafeLoader):
-    """SafeLoader that refuses anchors, aliases, tags and deep nesting while composing."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self._depth = 0
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]
-        if isinstance(event, AliasEvent):
-            raise _Refused(
-                f"alias *{event.anchor} is not allowed",
-                "write the value out in full; anchors and aliases are refused (YAML bombs use them)",
-                event.start_mark,
-            )
-        if isinstance(event, NodeEvent) and event.anchor is not None:
-            raise _Refused(
-                f"anchor &{event.anchor} is not allowed",
-                "write the value out in full; anchors and aliases are refused (YAML bombs use them)",
-                event.start_mark,
-            )
-        tag = getattr(event, "tag", None)
-        if tag is not None:
-            raise _Refused(
-                f"YAML tag {tag!r} is not allowed",
-                "rule files are plain data: remove the tag (quote the value if it must be text)",
-                event.start_mark,
-            )
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _Refused(f"nesting deeper than {MAX_DEPTH} levels", "flatten the conditions", event.start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+#: libyaml's C parser when PyYAML has it (much faster on large files), else the pure-Python one;
+#: both are the *safe* loaders. Only their event stream and scalar resolver are used: nodes are
+#: composed here, so anchors, aliases and tags are refused before anything is built.
+_LOADER: Any = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
+_BOMB_HINT = "write the value out in full; anchors and aliases are refused (YAML bombs use them)"
 
 
 def _position(mark: Any) -> Position:
@@ -115,49 +95,104 @@ def _position(mark: Any) -> Position:
     return Position(mark.line + 1, mark.column + 1)
 
 
-def _scalar(node: ScalarNode, loader: yaml.SafeLoader) -> YScalar:
-    position = _position(node.start_mark)
-    kind = node.tag[len(_TAG_PREFIX) :] if node.tag.startswith(_TAG_PREFIX) else node.tag
+def _scalar(event: ScalarEvent, loader: Any) -> YScalar:
+    position = _position(event.start_mark)
+    tag = loader.resolve(ScalarNode, event.value, event.implicit)
+    kind = tag[len(_TAG_PREFIX) :] if tag.startswith(_TAG_PREFIX) else tag
     if kind in ("int", "float", "bool", "null"):
         try:
-            value = loader.construct_object(node)
+            value = loader.construct_object(ScalarNode(tag, event.value))
         except (ValueError, OverflowError):
-            raise _Refused(f"number {node.value[:20]}... cannot be read", "use a shorter number",
-                           node.start_mark) from None
+            raise _Refused(f"number {event.value[:20]}... cannot be read", "use a shorter number",
+                           event.start_mark) from None
         if isinstance(value, int | float | bool) or value is None:
-            return YScalar(value, node.value, kind, position)  # type: ignore[arg-type]
+            return YScalar(value, event.value, kind, position)
     # str, timestamp (kept as the text written), the merge key "<<", "=": plain text.
-    return YScalar(node.value, node.value, "str", position, quoted=node.style in ("'", '"'))
+    return YScalar(event.value, event.value, "str", position, quoted=event.style in ("'", '"'))
 
 
-def _convert(node: Node, loader: yaml.SafeLoader, diagnostics: list[Diagnostic], file: str) -> YNode:
-    position = _position(node.start_mark)
-    if isinstance(node, ScalarNode):
-        return _scalar(node, loader)
-    if isinstance(node, SequenceNode):
-        return YSeq(tuple(_convert(item, loader, diagnostics, file) for item in node.value), position)
-    assert isinstance(node, MappingNode)
-    items: list[tuple[YScalar, YNode]] = []
-    seen: dict[str, Position] = {}
-    for key_node, value_node in node.value:
-        key = _convert(key_node, loader, diagnostics, file)
-        if not isinstance(key, YScalar):
-            diagnostics.append(
-                Diagnostic(file, key.position.line, key.position.column, "mapping keys must be plain text",
-                           "write the key as a word, e.g. SeriesDescription")
-            )
+@dataclass
+class _Open:
+    """A mapping or sequence being composed."""
+
+    is_map: bool
+    position: Position
+    items: list[YNode] = field(default_factory=list)
+    pairs: list[tuple[YScalar, YNode]] = field(default_factory=list)
+    seen: dict[str, Position] = field(default_factory=dict)
+    #: For a mapping: the key read, waiting for its value (None: the key was unusable).
+    key: YScalar | None = None
+    expecting_value: bool = False
+
+    def close(self) -> YNode:
+        return YMap(tuple(self.pairs), self.position) if self.is_map else YSeq(tuple(self.items), self.position)
+
+
+def _check_event(event: Any) -> None:
+    if isinstance(event, AliasEvent):
+        raise _Refused(f"alias *{event.anchor} is not allowed", _BOMB_HINT, event.start_mark)
+    if isinstance(event, NodeEvent) and event.anchor is not None:
+        raise _Refused(f"anchor &{event.anchor} is not allowed", _BOMB_HINT, event.start_mark)
+    tag = getattr(event, "tag", None)
+    if isinstance(event, NodeEvent) and tag is not None:
+        raise _Refused(f"YAML tag {tag!r} is not allowed",
+                       "rule files are plain data: remove the tag (quote the value if it must be text)",
+                       event.start_mark)
+
+
+def _compose(loader: Any, diagnostics: list[Diagnostic], file: str) -> YNode | None:
+    """Build positioned nodes from the event stream, iteratively (no recursion, depth capped)."""
+    stack: list[_Open] = []
+    root: YNode | None = None
+    documents = 0
+    while loader.check_event():
+        event = loader.get_event()
+        if isinstance(event, DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise _Refused("a rule file holds one YAML document; '---' starts a second one",
+                               "remove the second document", event.start_mark)
             continue
-        if key.text in seen:
-            first = seen[key.text]
-            diagnostics.append(
-                Diagnostic(file, key.position.line, key.position.column,
-                           f"duplicate key {key.text!r} (first at line {first.line})",
-                           "YAML keeps only the last one; merge them or use 'all:' with a list")
-            )
+        if not isinstance(event, NodeEvent | CollectionEndEvent):
+            continue  # stream start/end, document end
+        _check_event(event)
+        if isinstance(event, MappingStartEvent | SequenceStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                raise _Refused(f"nesting deeper than {MAX_DEPTH} levels", "flatten the conditions", event.start_mark)
+            stack.append(_Open(isinstance(event, MappingStartEvent), _position(event.start_mark)))
             continue
-        seen[key.text] = key.position
-        items.append((key, _convert(value_node, loader, diagnostics, file)))
-    return YMap(tuple(items), position)
+        if isinstance(event, CollectionEndEvent):
+            node: YNode = stack.pop().close()
+        elif isinstance(event, ScalarEvent):
+            node = _scalar(event, loader)
+        else:
+            continue
+        if not stack:
+            root = node
+            continue
+        parent = stack[-1]
+        if not parent.is_map:
+            parent.items.append(node)
+        elif not parent.expecting_value:
+            parent.expecting_value = True
+            parent.key = node if isinstance(node, YScalar) else None
+            if parent.key is None:
+                diagnostics.append(Diagnostic(file, node.position.line, node.position.column,
+                                              "mapping keys must be plain text",
+                                              "write the key as a word, e.g. SeriesDescription"))
+        else:
+            key, parent.key, parent.expecting_value = parent.key, None, False
+            if key is None:
+                continue
+            first = parent.seen.get(key.text)
+            if first is not None:
+                diagnostics.append(Diagnostic(file, key.position.line, key.position.column,
+                                              f"duplicate key {key.text!r} (first at line {first.line})",
+                                              "YAML keeps only the last one; merge them or use 'all:' with a list"))
+                continue
+            parent.seen[key.text] = key.position
+            parent.pairs.append((key, node))
+    return root
 
 
 def _invisible_characters(text: str, file: str) -> list[Diagnostic]:
@@ -186,14 +221,10 @@ def parse_yaml(text: str, file: str) -> YNode:
     invisible = _invisible_characters(text, file)
     if invisible:
         raise RulesError(invisible)
-    loader = _SafeComposer(text)
+    loader = _LOADER(text)
     diagnostics: list[Diagnostic] = []
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise RulesError([Diagnostic(file, 1, 1, "the rule file is empty",
-                                         "start with 'version: 1' and a 'rules:' list")])
-        tree = _convert(node, loader, diagnostics, file)
+        tree = _compose(loader, diagnostics, file)
     except _Refused as exc:
         position = _position(exc.mark)
         raise RulesError([Diagnostic(file, position.line, position.column, exc.message, exc.hint)]) from None
@@ -204,10 +235,11 @@ def parse_yaml(text: str, file: str) -> YNode:
                                      "check the indentation and quoting around this position")]) from None
     except yaml.YAMLError as exc:
         raise RulesError([Diagnostic(file, 1, 1, f"YAML error: {exc}", "")]) from None
-    except RecursionError:
-        raise RulesError([Diagnostic(file, 1, 1, "the document is nested too deeply", "flatten it")]) from None
     finally:
         loader.dispose()
+    if tree is None:
+        raise RulesError([Diagnostic(file, 1, 1, "the rule file is empty",
+                                     "start with 'version: 1' and a 'rules:' list")])
     if diagnostics:
         raise RulesError(diagnostics)
     return tree

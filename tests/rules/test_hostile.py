@@ -46,7 +46,7 @@ CASES: dict[str, tuple[str | bytes, int, int, str]] = {
                       5, 28, "invalid regex: missing ), unterminated subpattern"),
     "huge-file": ("version: 1\nrules: []\n" + "# padding padding padding\n" * 45000, 1, 1,
                   "the rule file is larger than 1048576 bytes"),
-    "deep-nesting": ("version: 1\nrules: " + "[" * 2000 + "]" * 2000 + "\n", 2, 55, "nesting deeper than 48 levels"),
+    "deep-nesting": ("version: 1\nrules: " + "[" * 60 + "]" * 60 + "\n", 2, 55, "nesting deeper than 48 levels"),
     "too-many-rules": (
         "version: 1\nrules:\n"
         + "".join(f"  - {{name: r{i}, match: {{}}, actions: [{{skip: s}}]}}\n" for i in range(501)),
@@ -122,7 +122,7 @@ CASES: dict[str, tuple[str | bytes, int, int, str]] = {
     "forward-both": (_RULE + "    match: {}\n    actions: [{forward: {modality: A, peer: B}}]\n", 5, 25,
                      "forward needs exactly one of modality or peer"),
     "two-documents": ("version: 1\nrules: []\n---\nversion: 1\n", 3, 1,
-                      "YAML syntax: expected a single document in the stream; but found another document"),
+                      "a rule file holds one YAML document; '---' starts a second one"),
     "syntax-error": ("version: 1\nrules:\n  - name: [unclosed\n", 4, 1, "YAML syntax:"),
     "empty-file": ("", 1, 1, "the rule file is empty"),
     "no-version": ("rules: []\n", 1, 1, "the rule file has no version"),
@@ -149,6 +149,28 @@ def test_hostile_rule_file_is_refused(case: str, tmp_path: Path, capsys: pytest.
         load_rules(path)
     assert raised.value.errors, "load_rules must refuse what check refuses"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rules.yaml"]  # nothing written (no PWNED)
+
+
+@pytest.mark.parametrize("depth", [1000, 200_000])
+def test_absurd_nesting_is_a_diagnostic(depth: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("version: 1\nrules: " + "[" * depth + "]" * depth + "\n", encoding="utf-8")
+    started = time.monotonic()
+    assert main(["rules", "check", str(path)]) == 1
+    assert time.monotonic() - started < 5
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}:2:"), out
+    assert "nesting" in out, out
+
+
+def test_a_file_just_under_the_size_cap_is_checked_quickly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("version: 1\nrules: [" + "a, " * 349_000 + "]\n", encoding="utf-8")
+    assert path.stat().st_size < 1 << 20
+    started = time.monotonic()
+    assert main(["rules", "check", str(path)]) == 1
+    assert time.monotonic() - started < 5
+    assert f"{path}:2:1509: more than 500 rules" in capsys.readouterr().out
 
 
 def test_unknown_destination_only_with_a_known_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
