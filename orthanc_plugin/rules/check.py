@@ -109,6 +109,10 @@ class CheckContext:
     modalities: frozenset[str] | None = None
     #: Orthanc ``OrthancPeers`` names.
     peers: frozenset[str] | None = None
+    #: The site makes subject labels itself (a keyed pseudonym or a mapping table,
+    #: :class:`converters.Labels`): rules may then not set ``convert: {subject: ...}``, which would
+    #: publish under a label that bypasses the policy.
+    pseudonymised_subjects: bool = False
 
     @classmethod
     def from_orthanc_config(cls, config: Mapping[str, Any]) -> CheckContext:
@@ -374,6 +378,9 @@ class _Builder:
                 template = self.template(value, f"entity {name}", ENTITIES[name])
                 if template is not None:
                     entities[name] = template
+        if "subject" in keys and self.context.pseudonymised_subjects:
+            self.error(keys["subject"][0].position, "this site pseudonymises subjects; a rule cannot set the subject",
+                       "remove 'subject:': the configured pseudonym key or mapping table makes the label")
         subject = self.template(keys["subject"][1], "subject", "label") if "subject" in keys else None
         session = self.template(keys["session"][1], "session", "label") if "session" in keys else None
         if len(self.errors()) > errors:

@@ -274,3 +274,12 @@ def test_decision_round_trips_through_its_record() -> None:
         type(decision).from_dict({"series_uid": "x"})
     with pytest.raises(ValueError, match="action 'explode'"):
         type(decision).from_dict({**decision.to_dict(), "actions": [{"action": "explode", "rule": "r"}]})
+
+
+def test_rules_cannot_bypass_a_site_pseudonym_policy() -> None:
+    from orthanc_plugin.rules import CheckContext, RulesError  # noqa: PLC0415
+
+    text = b"version: 1\nrules:\n  - {name: r, match: {}, actions: [{convert: {subject: '{PatientID}'}}]}\n"
+    assert parse_rules(text, "t.yaml")[0].rules[0].name == "r"
+    with pytest.raises(RulesError, match=r"t.yaml:3:47: this site pseudonymises subjects"):
+        parse_rules(text, "t.yaml", CheckContext(pseudonymised_subjects=True))
