@@ -180,7 +180,7 @@ def test_example_protocol_overrides(xa30: Path, cached_folders: None, capsys: py
     assert derive == {"action": "derive", "rule": "dwi-ap", "names": ["adc"]}
     assert convert["bids_preview"]["path"].endswith("_acq-dir80_dir-AP_dwi.nii.gz")
     assert convert["subject"] is not None and len(convert["subject"]) == 12
-    assert "12343" not in convert["bids_preview"]["path"]  # pseudonymised
+    assert "12343" not in convert["bids_preview"]["path"]  # hashed label
     assert by_number[11]["skip"]["rule"] == "scanner-derived-maps"
     assert by_number[8]["skip"]["rule"] == "field-maps"
     assert by_number[25]["matched"] == ["everything-else"]
