@@ -437,6 +437,39 @@ def _scans_of(manifest: SeriesManifest, slots: list[Slot]) -> tuple[tuple[str, s
     )
 
 
+def _rename_all(root: Path, renames: list[tuple[str, str]]) -> None:
+    """Rename files (paths relative to ``root``) so that none overwrites another still to move:
+    a move waits while its destination is occupied; only a cycle goes through a holding folder."""
+    pending = [(root / old, new) for old, new in renames if (root / old).exists()]
+    hold: Path | None = None
+    try:
+        while pending:
+            waiting = []
+            for source, new in pending:
+                destination = root / new
+                if destination.exists():
+                    waiting.append((source, new))
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, destination)
+                _remove_empty_parents(root, source)
+            if len(waiting) == len(pending):  # a cycle (names swapped): break it
+                sources = {source for source, _new in waiting}
+                if not any(root / new in sources for _source, new in waiting):
+                    blocked = ", ".join(new for _source, new in waiting)
+                    raise DatasetError(f"cannot rename into {blocked}: taken by files no series owns; move them away")
+                hold = hold or make_staging_dir(root)
+                source, new = waiting[0]
+                parked = hold / str(len(list(hold.iterdir())))
+                os.replace(source, parked)
+                _remove_empty_parents(root, source)
+                waiting[0] = (parked, new)
+            pending = waiting
+    finally:
+        if hold is not None:
+            discard_staging(hold)
+
+
 def _settle(
     root: Path,
     subject: str,
@@ -468,12 +501,20 @@ def _settle(
 
     renames: list[tuple[str, str]] = []
     updated: list[SeriesManifest] = []
+    claims: list[SeriesManifest] = []
     for manifest in laid:
         placed = tuple(dict(slot.paths) for slot in slots[manifest.series_uid])
         outputs = tuple(sorted(p for paths in placed for p in paths.values()))
         if incoming is None or manifest.series_uid != incoming.series_uid:
-            for before, after in zip(manifest.placed, placed, strict=True):
-                renames.extend((before[ext], after[ext]) for ext in sorted(before) if before[ext] != after[ext])
+            moves = [
+                (before[ext], after[ext])
+                for before, after in zip(manifest.placed, placed, strict=True)
+                for ext in sorted(before)
+                if before[ext] != after[ext]
+            ]
+            if moves:
+                renames.extend(moves)
+                claims.append(replace(manifest, outputs=tuple(sorted(set(manifest.outputs) | set(outputs)))))
         if manifest.placed != placed or manifest.outputs != outputs or manifest is incoming:
             updated.append(
                 replace(manifest, placed=placed, outputs=outputs, scans=_scans_of(manifest, slots[manifest.series_uid]))
@@ -483,36 +524,22 @@ def _settle(
     if incoming is not None:
         new_mine = {p for slot in slots[incoming.series_uid] for p in slot.paths.values()}
         if new_mine - mine:
-            # Claim the new names before the first rename: if this process dies half-way, the
-            # next publish of the series finds them owned by it and replaces them.
-            claim = replace(incoming, outputs=tuple(sorted(new_mine | mine)), images=(), placed=())
-            _write_text(manifest_path(root, incoming.series_uid), dump_json(claim.to_json()))
+            claims.append(replace(incoming, outputs=tuple(sorted(new_mine | mine)), images=(), placed=()))
+    # Claim every new name before the first rename: if this process dies half-way, the next
+    # publish finds the names owned (not foreign) and completes or replaces them.
+    for claim in claims:
+        _write_text(manifest_path(root, claim.series_uid), dump_json(claim.to_json()))
 
-    hold = make_staging_dir(root) if renames else None
-    try:
-        held: list[tuple[Path, str]] = []
-        for number, (old, new) in enumerate(renames):
-            assert hold is not None
-            source = root / old
-            if source.exists():
-                os.replace(source, hold / str(number))
-                held.append((hold / str(number), new))
-            _remove_empty_parents(root, source)
-        for stale in sorted(mine - new_mine):
-            (root / stale).unlink(missing_ok=True)
-            _remove_empty_parents(root, root / stale)
-        for source, new in held:
-            (root / new).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, root / new)
-        if incoming is not None:
-            for image, slot in zip(staged, slots[incoming.series_uid], strict=True):
-                for ext in sorted(slot.paths, key=_EXTENSION_ORDER.index):
-                    destination = root / slot.paths[ext]
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(image.files[ext], destination)
-    finally:
-        if hold is not None:
-            discard_staging(hold)
+    for stale in sorted(mine - new_mine):
+        (root / stale).unlink(missing_ok=True)
+        _remove_empty_parents(root, root / stale)
+    _rename_all(root, renames)
+    if incoming is not None:
+        for image, slot in zip(staged, slots[incoming.series_uid], strict=True):
+            for ext in sorted(slot.paths, key=_EXTENSION_ORDER.index):
+                destination = root / slot.paths[ext]
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(image.files[ext], destination)
     for manifest in updated:
         _write_text(manifest_path(root, manifest.series_uid), dump_json(manifest.to_json()))
         manifests[manifest.series_uid] = manifest

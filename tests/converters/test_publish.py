@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from converters import Override, convert_series, series_outputs
-from converters.bids.publish import BOOKKEEPING_DIR, STALE_STAGING_SECONDS, manifest_path
+from converters import DatasetError, Override, convert_series, series_outputs
+from converters.bids.publish import BOOKKEEPING_DIR, STALE_STAGING_SECONDS, _rename_all, manifest_path
 from tests.converters.helpers import Converted, series_dir
 from tests.validator import validate
 
@@ -227,3 +227,15 @@ def test_a_crashed_conversion_staging_folder_is_swept(xa30: Path, tmp_path: Path
     convert_series(series_dir(xa30, 99), root)
     assert not stale.exists()
     assert fresh.is_dir()  # another process may still be using it
+
+
+def test_renames_never_overwrite_and_break_cycles(tmp_path: Path) -> None:
+    for name, text in (("a", "A"), ("b", "B"), ("c", "C")):
+        (tmp_path / name).write_text(text)
+    # a and c swap names (a cycle: one goes through a holding folder); b moves into a new folder.
+    _rename_all(tmp_path, [("a", "c"), ("b", "x/d"), ("c", "a")])
+    assert {p.name: p.read_text() for p in tmp_path.rglob("*") if p.is_file()} == {"c": "A", "d": "B", "a": "C"}
+    (tmp_path / "e").write_text("E")
+    with pytest.raises(DatasetError, match="no series owns"):
+        _rename_all(tmp_path, [("e", "a")])
+    assert (tmp_path / "a").read_text() == "C" and (tmp_path / "e").read_text() == "E"
