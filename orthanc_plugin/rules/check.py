@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -91,7 +92,12 @@ DEFAULT_RULES_FILE = "defaults.yaml"
 
 _TOP_KEYS = ("version", "description", "rules")
 _RULE_KEYS = ("name", "description", "match", "actions", "stop")
-_CONVERT_KEYS = ("dataset", "datatype", "suffix", "entities", "subject", "session")
+_CONVERT_KEYS = ("dataset", "datatype", "suffix", "entities", "subject", "session", "metadata", "companions")
+_SIDECAR_KEY = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
+_COMPANION_KEY = re.compile(r"^_[A-Za-z0-9]{1,32}\.(tsv|json|txt)$")
+#: Largest companion file text accepted.
+MAX_COMPANION = 64 * 1024
+_Value = str | int | float | bool
 _PUSH_KEYS = ("server", "project", "subject", "session")
 _FORWARD_KEYS = ("modality", "peer")
 _RESEARCH = (ConvertAction, DeriveAction, PushXnatAction)
@@ -383,9 +389,66 @@ class _Builder:
                        "remove 'subject:': the configured pseudonym key or mapping table makes the label")
         subject = self.template(keys["subject"][1], "subject", "label") if "subject" in keys else None
         session = self.template(keys["session"][1], "session", "label") if "session" in keys else None
+        metadata = self.metadata(keys["metadata"][1]) if "metadata" in keys else {}
+        companions = self.companions(keys["companions"][1]) if "companions" in keys else {}
         if len(self.errors()) > errors:
             return None
-        return ConvertAction(at, dataset, datatype, suffix, entities, subject, session)
+        return ConvertAction(at, dataset, datatype, suffix, entities, subject, session, metadata, companions)
+
+    def json_value(self, node: YNode, what: str) -> _Value | tuple[_Value, ...] | None:
+        if isinstance(node, YScalar) and node.type != "null":
+            value = node.value
+            if isinstance(value, float) and not math.isfinite(value):
+                self.error(node.position, f"{what} must be a finite number, not {node.text}")
+                return None
+            return value
+        if isinstance(node, YSeq) and node.items and all(
+            isinstance(item, YScalar) and item.type != "null" for item in node.items
+        ):
+            values = [self.json_value(item, what) for item in node.items]
+            if any(v is None or isinstance(v, tuple) for v in values):
+                return None
+            return tuple(v for v in values if v is not None and not isinstance(v, tuple))
+        self.error(node.position, f"{what} must be a value or a list of values, not {_kind(node)}",
+                   "sidecar fields are numbers, text, true/false or flat lists of them")
+        return None
+
+    def metadata(self, node: YNode) -> dict[str, _Value | tuple[_Value, ...]]:
+        found: dict[str, _Value | tuple[_Value, ...]] = {}
+        if not isinstance(node, YMap):
+            self.error(node.position, f"metadata must be a mapping, not {_kind(node)}",
+                       "e.g. metadata: {PostLabelingDelay: 1.8, M0Type: Absent}")
+            return found
+        for key, value in node.items:
+            if not _SIDECAR_KEY.match(key.text):
+                self.error(key.position, f"sidecar field {key.text!r} is not a BIDS key",
+                           "BIDS sidecar keys are CamelCase letters and digits (EchoTime1, RepetitionTimePreparation)")
+                continue
+            parsed = self.json_value(value, f"metadata {key.text}")
+            if parsed is not None:
+                found[key.text] = parsed
+        return found
+
+    def companions(self, node: YNode) -> dict[str, str]:
+        found: dict[str, str] = {}
+        if not isinstance(node, YMap):
+            self.error(node.position, f"companions must be a mapping, not {_kind(node)}",
+                       "e.g. companions: {_aslcontext.tsv: \"volume_type\\ncontrol\\nlabel\\n\"}")
+            return found
+        for key, value in node.items:
+            if not _COMPANION_KEY.match(key.text):
+                self.error(key.position, f"companion {key.text!r} must be named _<suffix>.tsv, .json or .txt",
+                           "e.g. _aslcontext.tsv; it is written beside the image with the image's name")
+                continue
+            text = self.text(value, f"companion {key.text}")
+            if text is None:
+                continue
+            if len(text) > MAX_COMPANION or "\x00" in text:
+                self.error(value.position, f"companion {key.text} is longer than {MAX_COMPANION} characters or "
+                           "holds NUL", "companions are small text tables")
+                continue
+            found[key.text] = text
+        return found
 
     def derive(self, node: YNode, at: Position) -> Action | None:
         items = node.items if isinstance(node, YSeq) else (node,)

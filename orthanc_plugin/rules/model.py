@@ -149,6 +149,12 @@ class ConvertAction:
     entities: Mapping[str, Template] = field(default_factory=dict, hash=False)
     subject: Template | None = None
     session: Template | None = None
+    #: Sidecar fields to add (e.g. ASL timing, EchoTime1/EchoTime2 that no header records).
+    metadata: Mapping[str, str | int | float | bool | tuple[str | int | float | bool, ...]] = field(
+        default_factory=dict, hash=False
+    )
+    #: Files written beside the image, keyed ``_<suffix>.<ext>`` (``_aslcontext.tsv``), with their text.
+    companions: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

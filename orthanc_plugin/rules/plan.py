@@ -95,6 +95,8 @@ class PlannedConvert:
                 "datatype": self.override.datatype,
                 "suffix": self.override.suffix,
                 "entities": dict(self.override.entities),
+                "metadata": dict(self.override.metadata),
+                "companions": dict(self.override.companions),
             }
         return {"action": self.action, "rule": self.rule, "dataset": self.dataset, "override": override,
                 "subject": self.subject, "session": self.session}
@@ -255,7 +257,9 @@ def _planned(record: Mapping[str, Any], series_uid: str) -> Planned:
         if override is not None:
             forced = Override(series_uid=series_uid or None, datatype=_optional(override.get("datatype")),
                               suffix=_optional(override.get("suffix")),
-                              entities={str(k): _optional(v) for k, v in dict(override["entities"]).items()})
+                              entities={str(k): _optional(v) for k, v in dict(override["entities"]).items()},
+                              metadata=dict(override.get("metadata") or {}),
+                              companions={str(k): str(v) for k, v in dict(override.get("companions") or {}).items()})
         return PlannedConvert(rule, str(record["dataset"]), forced, _optional(record.get("subject")),
                               _optional(record.get("session")))
     if kind == "derive":
@@ -302,9 +306,11 @@ class _Planner:
             else:
                 entities[key] = rendered.value
         override = None
-        if action.datatype or action.suffix or entities:
+        if action.datatype or action.suffix or entities or action.metadata or action.companions:
+            metadata = {k: list(v) if isinstance(v, tuple) else v for k, v in action.metadata.items()}
             override = Override(series_uid=self.facts.series_uid or None, datatype=action.datatype,
-                                suffix=action.suffix, entities=entities)
+                                suffix=action.suffix, entities=entities, metadata=metadata,
+                                companions=dict(action.companions))
         return PlannedConvert(rule, action.dataset, override, self.label(action.subject, rule, "subject"),
                               self.label(action.session, rule, "session"))
 

@@ -176,7 +176,8 @@ def test_example_protocol_overrides(xa30: Path, cached_folders: None, capsys: py
     by_number = {int(r["series_number"]): r for r in records}
     dwi = by_number[17]
     convert, derive = dwi["actions"]
-    assert convert["override"] == {"datatype": "dwi", "suffix": "dwi", "entities": {"acq": "dir80", "dir": "AP"}}
+    assert convert["override"] == {"datatype": "dwi", "suffix": "dwi", "entities": {"acq": "dir80", "dir": "AP"},
+                                   "metadata": {}, "companions": {}}
     assert derive == {"action": "derive", "rule": "dwi-ap", "names": ["adc"]}
     assert convert["bids_preview"]["path"].endswith("_acq-dir80_dir-AP_dwi.nii.gz")
     assert convert["subject"] is not None and len(convert["subject"]) == 12
@@ -203,3 +204,37 @@ def test_orthanc_unreachable_exits_2(capsys: pytest.CaptureFixture[str]) -> None
 def test_missing_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "test", "--dicom", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_rules_can_supply_what_headers_lack(xa30: Path, tmp_path: Path, cached_folders: None,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """ASL needs timing and an aslcontext.tsv that no header records: a rule can give them."""
+    rules = tmp_path / "asl.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n"
+        "  - name: asl\n"
+        "    match: {SeriesDescription: asl_2d_tra}\n"
+        "    actions:\n"
+        "      - convert:\n"
+        "          datatype: perf\n"
+        "          suffix: asl\n"
+        "          metadata: {M0Type: Absent, PostLabelingDelay: 1.8, BackgroundSuppression: false,\n"
+        "                     SliceTiming: [0, 0.5]}\n"
+        "          companions:\n"
+        "            _aslcontext.tsv: |\n"
+        "              volume_type\n"
+        "              control\n"
+        "              label\n"
+        "    stop: true\n"
+        "  - {name: rest, match: {}, actions: [{skip: not ASL}]}\n",
+        encoding="utf-8",
+    )
+    records = _json(capsys, ["rules", "test", str(rules), "--dicom", str(xa30), "--json"])
+    (asl,) = [r for r in records if r["outcome"] == "convert"]
+    override = asl["actions"][0]["override"]
+    assert override["metadata"] == {"M0Type": "Absent", "PostLabelingDelay": 1.8, "BackgroundSuppression": False,
+                                    "SliceTiming": [0, 0.5]}
+    assert override["companions"] == {"_aslcontext.tsv": "volume_type\ncontrol\nlabel\n"}
+    assert asl["actions"][0]["bids_preview"]["path"] == (
+        "sub-12343hucheng/ses-20220711/perf/sub-12343hucheng_ses-20220711_asl.nii.gz"
+    )
