@@ -280,12 +280,12 @@ class XnatClient:
         text = " | ".join(parts)
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text or "record layer failure" in text:
             hint = "the server does not speak TLS on this port (should the URL start with http://?)"
+        elif "mismatch" in text.lower() or "doesn't match" in text.lower():
+            hint = "the server's certificate is not valid for the host name of the URL"
         elif "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
             reason = re.search(r"certificate verify failed: ([^(')\"]+)", text)
             detail = reason.group(1).strip() if reason else "untrusted certificate"
             hint = f"certificate verification failed ({detail}); set CaBundle to the CA that signed it"
-        elif "hostname" in text.lower() and "match" in text.lower():
-            hint = "the certificate does not match the host name of the URL"
         else:
             hint = "TLS handshake failed"
         return XnatTLSError(f"TLS failure talking to {self.url}: {hint}")

@@ -88,6 +88,16 @@ def test_check_wrong_url(as_user, capsys):
     assert out == f"cannot reach XNAT at {url}: connection refused (check the URL and that XNAT is running)"
 
 
+def test_check_certificate_for_another_host(tls_server, as_user, capsys):
+    url, cert = tls_server
+    as_user("uploader")
+    other = url.replace("127.0.0.1", "localhost")  # the certificate names only IP 127.0.0.1
+    code, out = run(capsys, "xnat", "check", "--server", other, "--ca-bundle", str(cert))
+    print(out)
+    assert code == 1
+    assert out == f"TLS failure talking to {other}: the server's certificate is not valid for the host name of the URL"
+
+
 def test_check_url_that_is_not_xnat(tls_server, as_user, capsys):
     url, cert = tls_server
     as_user("uploader")
