@@ -81,8 +81,10 @@ def facts_from_dataset(dataset: Dataset, *, instance_count: int = 1, source: Sou
 def _simplified(tags: Mapping[str, Any]) -> dict[str, str]:
     attributes: dict[str, str] = {}
     for name, value in tags.items():
-        if isinstance(value, list | dict) and not all(isinstance(v, str | int | float) for v in value):
-            continue  # sequences
+        if isinstance(value, dict) or (
+            isinstance(value, list) and not all(isinstance(v, str | int | float) for v in value)
+        ):
+            continue  # sequences, binary placeholders
         if value is None:
             continue
         key = str(name)

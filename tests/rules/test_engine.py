@@ -230,7 +230,7 @@ def test_facts_from_orthanc_json() -> None:
     facts = facts_from_orthanc(
         {"Modality": "MR", "ImageType": "ORIGINAL\\PRIMARY", "0019,100c": "1000", "0008,0060": "MR",
          "ReferencedImageSequence": [{"ReferencedSOPInstanceUID": "1.2"}], "SeriesInstanceUID": "9.8",
-         "PatientName": None},
+         "PatientName": None, "PixelData": {"Type": "Binary"}},
         {"RemoteAET": "SCANNER", "CalledAET": "ME", "RemoteIP": "10.0.0.1", "Origin": "DicomProtocol"},
         instance_count=176, orthanc_id="abc",
     )
