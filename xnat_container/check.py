@@ -76,6 +76,13 @@ def _login(client: XnatClient, destination: Destination) -> CheckResult | None:
             "not an XNAT at this URL (check the host, port and path)",
             "url",
         )
+    if client.logged_in_user is None:
+        return CheckResult(
+            False,
+            f"{destination.url} answered XNAT's login check (GET /data/auth) without confirming a login: "
+            "not an XNAT at this URL (check the host, port and path)",
+            "url",
+        )
     return None
 
 

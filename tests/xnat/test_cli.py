@@ -106,6 +106,33 @@ def test_check_url_that_is_not_xnat(tls_server, as_user, capsys):
     assert code == 1 and "not an XNAT at this URL" in out and "404" in out
 
 
+def test_check_web_server_that_is_not_xnat(as_user, capsys):
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body>Welcome</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        as_user("uploader")
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        code, out = run(capsys, "xnat", "check", "--server", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    print(out)
+    assert code == 1 and "without confirming a login: not an XNAT at this URL" in out
+
+
 def test_check_wrong_password(emulator: XnatEmulator, as_user, capsys):
     as_user("uploader", "not-it-Pw-000")
     code, out = run(capsys, "xnat", "check", "--server", emulator.url, "--project", PROJECT)
