@@ -6,21 +6,29 @@ tuple of *rules*; the first rule that returns something wins, then matching :cla
 may replace fields. Rules are plain functions ``(SeriesFacts) -> BidsTarget | Skip | None``, so
 later vendor-specific rules can be inserted into :data:`DEFAULT_RULES` without touching the others.
 
-Order of :data:`DEFAULT_RULES` (first version):
+Order of :data:`DEFAULT_RULES`:
 
-1. non-image objects (SR, KO, PR, ...), modalities other than MR and secondary captures are
-   skipped — :func:`screen` applies these header-only rules before dcm2niix;
-2. scanner-derived images (ImageType ``DERIVED``: ADC, FA, TRACEW, perfusion maps, ...) are skipped;
+1. non-image objects (SR, KO, PR, Phoenix reports, ...), modalities other than MR (CT, PET: with
+   the reason) and secondary captures are skipped — :func:`screen` applies these header-only
+   rules before dcm2niix;
+2. scanner-derived images (ImageType ``DERIVED``): diffusion maps get the raw ``dwi/`` suffixes
+   of the schema (``ADC``, ``FA``, ``colFA``, ``trace``, ``S0map``, ``expADC``); the rest
+   (perfusion maps, MPRs, ...) is skipped by policy;
 3. ReproIn names in SeriesDescription, then ProtocolName (``anat-T1w_acq-tfl``,
-   ``func-bold_task-rest_run-1``, ``dwi_dir-AP``, ``fmap-epi_dir-PA``) win over everything below;
-4. header facts: raw diffusion with b-values -> ``dwi``; recognisable BOLD without a task label,
-   GRE field maps and ASL are skipped with the reason (they need information not yet handled);
+   ``func-bold_task-rest_run-1``, ``dwi_dir-AP``, ``fmap-epi_dir-PA``, ``fmap_acq-x``,
+   ``perf-asl``) win over everything below;
+4. header facts: localizers are skipped; raw diffusion (b-values) -> ``dwi``; GRE field maps ->
+   ``fmap`` magnitude/phasediff/fieldmap; ASL -> ``perf/asl`` when every required field is found
+   (:mod:`converters.asl`), else skipped naming the missing fields; single-band references ->
+   ``sbref``; 4D EPI time series -> ``func/bold`` with the series name as task;
 5. dcm2niix's own ``BidsGuess``, accepted only for anatomical suffixes, as a last hint;
 6. anything else is skipped as unrecognised.
 
 Wherever a target allows ``rec`` and the image is the scanner's intensity-normalised version
 (``NORM`` in ImageType/ImageTypeText), ``rec-norm`` is added. ``dir`` comes from the name or,
-for ``dwi`` and ``fmap/epi``, from PhaseEncodingDirection and the image orientation.
+for ``dwi`` and ``fmap/epi``, from PhaseEncodingDirection and the image orientation. Runs,
+field-map pairing and linking are decided per session when publishing
+(:mod:`converters.bids.session`).
 """
 
 from __future__ import annotations
@@ -140,6 +148,11 @@ class SeriesFacts:
     @property
     def has_bvals(self) -> bool:
         return bool(self.images) and all(i.bval is not None and i.bvec is not None for i in self.images)
+
+    @property
+    def diffusion_weighted(self) -> bool:
+        """dcm2niix found b-values and at least one is not zero."""
+        return self.has_bvals and any(b > 0 for image in self.images for b in image.bvalues)
 
 
 Rule = Callable[[SeriesFacts], Classification | None]
@@ -332,8 +345,9 @@ def rule_reproin(facts: SeriesFacts) -> Classification | None:
 
 
 def rule_diffusion(facts: SeriesFacts) -> Classification | None:
-    """Raw diffusion: DIFFUSION in ImageType with b-values and b-vectors."""
-    if "DIFFUSION" not in facts.image_types or not facts.has_bvals:
+    """Raw diffusion: b-values and b-vectors with DIFFUSION in ImageType, or any non-zero b-value
+    (GE and Philips do not always say DIFFUSION)."""
+    if not (facts.has_bvals and ("DIFFUSION" in facts.image_types or facts.diffusion_weighted)):
         return None
     return _finish(facts, BidsTarget("dwi", "dwi", rule="diffusion"), name="diffusion series")
 
@@ -425,6 +439,43 @@ def rule_asl(facts: SeriesFacts) -> Classification | None:
     return _asl(facts, {}, "asl", f"ASL ({_describe(facts)})")
 
 
+_LOCALIZER_NAME = re.compile(r"(localizer|localiser|scout|survey|3[-_ ]?plane|tri[-_ ]?pilot)", re.IGNORECASE)
+
+
+def rule_localizer(facts: SeriesFacts) -> Classification | None:
+    """Localizers / scouts (by name, or ImageType LOCALIZER): positioning images, not data."""
+    names = (facts.series.series_description, facts.series.protocol_name)
+    if "LOCALIZER" in facts.image_types or any(_LOCALIZER_NAME.search(name) for name in names):
+        return Skip(f"localizer/scout ({facts.series.series_description or facts.series.protocol_name})", "localizer")
+    return None
+
+
+def _strip_sbref(text: str) -> str:
+    return re.sub(r"[_\- ]?sbref", "", text, flags=re.IGNORECASE)
+
+
+def rule_sbref(facts: SeriesFacts) -> Classification | None:
+    """Single-band reference images (CMRR/Siemens ``*_SBRef``): one EPI volume saved beside a
+    multiband run. Beside diffusion it is ``dwi/…_sbref`` (with ``dir``); otherwise
+    ``func/…_sbref`` with the task its run gets (the series name without ``SBRef``)."""
+    description = facts.series.series_description
+    if "SBREF" not in description.upper() or len(facts.images) != 1:
+        return None
+    image = facts.images[0]
+    if "EP" not in str(image.metadata.get("ScanningSequence", "")).upper() or len(image.shape) != 3:
+        return None
+    name = f"single-band reference {description!r}"
+    if "DIFFUSION" in facts.image_types or re.search(r"dwi|diff|dti", description, re.IGNORECASE):
+        return _finish(facts, BidsTarget("dwi", "sbref", rule="sbref"), name=name)
+    for text in (_strip_sbref(description), _strip_sbref(facts.series.protocol_name)):
+        try:
+            task = sanitize_label(text)
+        except LabelError:
+            continue
+        return _finish(facts, BidsTarget("func", "sbref", {"task": task}, rule="sbref"), name=name)
+    return None
+
+
 def _is_time_series_epi(facts: SeriesFacts) -> bool:
     if not facts.images:
         return False
@@ -439,7 +490,7 @@ def rule_bold(facts: SeriesFacts) -> Classification | None:
     """4D EPI time series without diffusion weighting or labelling: BOLD fMRI. The task label is
     the series name (SeriesDescription, else ProtocolName) reduced to letters and digits."""
     types = facts.image_types
-    if not _is_time_series_epi(facts) or "DIFFUSION" in types or facts.has_bvals or "ASL" in types:
+    if not _is_time_series_epi(facts) or "DIFFUSION" in types or facts.diffusion_weighted or "ASL" in types:
         return None
     for text in (facts.series.series_description, facts.series.protocol_name):
         try:
@@ -483,9 +534,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     *HEADER_RULES,
     rule_scanner_derived,
     rule_reproin,
+    rule_localizer,
     rule_diffusion,
     rule_fieldmap,
     rule_asl,
+    rule_sbref,
     rule_bold,
     rule_bids_guess,
     rule_unrecognised,

@@ -95,6 +95,12 @@ def _image(out: Path, nifti: Path, output: str, source: Path) -> ConvertedImage:
         raise ConversionError(f"dcm2niix wrote an unreadable image {nifti.name} for {source}: {exc}") from exc
     if not isinstance(header, nib.Nifti1Image):
         raise ConversionError(f"dcm2niix wrote {nifti.name} for {source}, which is not a NIfTI-1 image")
+    bvalues: tuple[float, ...] = ()
+    if bval.is_file():
+        try:
+            bvalues = tuple(float(v) for v in bval.read_text(encoding="ascii").split())
+        except (OSError, ValueError) as exc:
+            raise ConversionError(f"dcm2niix wrote an unreadable {bval.name} for {source}: {exc}") from exc
     return ConvertedImage(
         nifti=nifti,
         sidecar=sidecar,
@@ -104,6 +110,7 @@ def _image(out: Path, nifti: Path, output: str, source: Path) -> ConvertedImage:
         postfix=postfix,
         shape=tuple(int(n) for n in header.shape),
         affine=tuple(tuple(float(v) for v in row) for row in header.affine),
+        bvalues=bvalues,
     )
 
 

@@ -98,6 +98,8 @@ class ConvertedImage:
     #: NIfTI image shape and voxel-to-RAS affine (row-major 4x4), read from the header.
     shape: tuple[int, ...] = ()
     affine: tuple[tuple[float, ...], ...] = ()
+    #: The b-values dcm2niix wrote (empty without a .bval file).
+    bvalues: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -211,3 +211,29 @@ def test_an_override_can_supply_what_no_header_records() -> None:
 def test_other_modalities_are_skipped_with_the_reason(modality: str, word: str) -> None:
     decision = classify(SeriesFacts(_series(modality=modality)))
     assert isinstance(decision, Skip) and word in decision.reason
+
+
+def _epi(shape: tuple[int, ...], bvalues: tuple[float, ...] = (), **meta: object) -> ConvertedImage:
+    bval = Path("s.bval") if bvalues else None
+    metadata: dict[str, object] = {"ScanningSequence": "EP", "PhaseEncodingDirection": "j-", **meta}
+    identity = tuple(tuple(float(i == j) for j in range(4)) for i in range(4))
+    return ConvertedImage(
+        Path("s.nii.gz"), Path("s.json"), bval, bval, metadata, shape=shape, affine=identity, bvalues=bvalues
+    )
+
+
+def test_non_zero_b_values_mean_diffusion_even_without_the_image_type() -> None:
+    series = _series(series_description="DTI 30dir", image_type=("ORIGINAL", "PRIMARY", "OTHER"))
+    decision = classify(SeriesFacts(series, (_epi((64, 64, 30, 31), (0.0, *[1000.0] * 30)),)))
+    assert decision == BidsTarget("dwi", "dwi", {"dir": "AP"}, rule="diffusion")
+    zeros = classify(SeriesFacts(series, (_epi((64, 64, 30, 31), (0.0,) * 31),)))
+    assert isinstance(zeros, BidsTarget) and (zeros.datatype, zeros.suffix) == ("func", "bold")
+
+
+def test_single_band_references_and_localizers() -> None:
+    sbref = SeriesFacts(_series(series_description="rest_mb8_SBRef"), (_epi((64, 64, 30)),))
+    assert classify(sbref) == BidsTarget("func", "sbref", {"task": "restmb8"}, {"TaskName": "restmb8"}, rule="sbref")
+    dwi_sbref = SeriesFacts(_series(series_description="DWI_AP_SBRef"), (_epi((64, 64, 30)),))
+    assert classify(dwi_sbref) == BidsTarget("dwi", "sbref", {"dir": "AP"}, rule="sbref")
+    scout = classify(SeriesFacts(_series(series_description="AAHead_Scout_32ch"), (_epi((64, 64, 3)),)))
+    assert isinstance(scout, Skip) and "localizer" in scout.reason
