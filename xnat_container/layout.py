@@ -363,6 +363,8 @@ def plan_session(
         if session_files
         else ()
     )
+    if not scans and not session_resources:
+        raise XnatRequestError(f"nothing to deliver: no converted series of sub-{subject} ses-{session} in {root}")
     date, clock = _date_time([m for m in manifests if m.series_uid in chosen] or manifests)
     return SessionPlan(
         project=project,

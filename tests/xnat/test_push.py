@@ -144,6 +144,12 @@ def test_no_role_in_project_is_an_auth_error(xa30_bids: Path, emulator: XnatEmul
     assert emulator.inventory().files == ()
 
 
+def test_unknown_session_delivers_nothing(xa30_bids: Path, emulator: XnatEmulator, destination):
+    with pytest.raises(XnatRequestError, match="nothing to deliver: no converted series of sub-nobody"):
+        push_session(destination, PROJECT, xa30_bids, "nobody", SESSION)
+    assert emulator.requests == [] and emulator.inventory().subjects == ()
+
+
 def test_missing_project_is_a_request_error(xa30_bids: Path, emulator: XnatEmulator):
     admin = make_destination(emulator.url, user="admin")
     with pytest.raises(XnatRequestError, match="404") as caught:
