@@ -80,6 +80,14 @@ SUPPORTED: Mapping[tuple[str, str], Mapping[str, bool]] = {
         }
         for suffix in ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio")
     },
+    ("anat", "MP2RAGE"): {
+        "inv": True, "acq": False, "ce": False, "rec": False, "run": False, "echo": False, "part": False,
+        "chunk": False,
+    },
+    ("anat", "UNIT1"): {"acq": False, "ce": False, "rec": False, "run": False, "chunk": False},
+    ("anat", "MEGRE"): {
+        "echo": True, "acq": False, "ce": False, "rec": False, "run": False, "part": False, "chunk": False,
+    },
     **{
         ("func", suffix): {
             "task": True, "acq": False, "ce": False, "rec": False, "dir": False, "run": False,
@@ -233,7 +241,19 @@ def _finish(facts: SeriesFacts, target: BidsTarget, *, name: str) -> Classificat
         labels = {phase_encoding_label(image) for image in facts.images}
         if len(labels) == 1 and None not in labels:
             entities["dir"] = str(labels.pop())
-    missing = sorted(key for key, required in allowed.items() if required and key not in entities)
+    agent = facts.series.contrast_agent.strip()
+    if "ce" in allowed and "ce" not in entities and agent and agent.upper() not in ("NONE", "NO", "N/A", "NA", "0"):
+        try:
+            entities["ce"] = sanitize_label(agent)
+        except LabelError:
+            logger.info("%s: contrast agent %r gives no label", name, agent)
+    if "part" in allowed and "part" not in entities and facts.images and all(_is_phase(i) for i in facts.images):
+        entities["part"] = "phase"
+    # place() numbers the echoes of a multi-echo series; a single image must name its echo.
+    numbered = {"echo"} if len(facts.images) > 1 else set()
+    missing = sorted(
+        key for key, required in allowed.items() if required and key not in entities and key not in numbered
+    )
     if missing:
         return Skip(f"{name}: {target.datatype}/{target.suffix} needs entity {missing}", target.rule)
     if target.datatype == "dwi" and target.suffix == "dwi" and not facts.has_bvals:
@@ -511,10 +531,18 @@ def rule_bids_guess(facts: SeriesFacts) -> Classification | None:
     guess = facts.bids_guess
     if guess is None or guess[0] != "anat":
         return None
-    suffix = guess[1].rsplit("_", 1)[-1]
+    tokens = guess[1].strip("_").split("_")
+    suffix = tokens[-1]
     if ("anat", suffix) not in SUPPORTED:
         return None
-    return _finish(facts, BidsTarget("anat", suffix, rule="bids-guess"), name=f"dcm2niix BidsGuess {guess}")
+    # Only the entities that tell images of one acquisition apart; dcm2niix's acq/run are noise.
+    entities = {
+        key: value
+        for key, _, value in (token.partition("-") for token in tokens[:-1])
+        if key in ("inv", "echo", "part") and value
+    }
+    target = BidsTarget("anat", suffix, entities, rule="bids-guess")
+    return _finish(facts, target, name=f"dcm2niix BidsGuess {guess}")
 
 
 def rule_unrecognised(facts: SeriesFacts) -> Classification | None:

@@ -64,6 +64,7 @@ class _Instance:
     has_pixels: bool
     patient_sex: str
     patient_age: str
+    contrast_agent: str
     #: Why the file is damaged although its header is readable (e.g. truncated pixel data).
     damage: str | None
 
@@ -227,6 +228,7 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
         has_pixels=has_pixels,
         patient_sex=_text(ds, "PatientSex"),
         patient_age=_text(ds, "PatientAge"),
+        contrast_agent=_text(ds, "ContrastBolusAgent"),
         damage=damage,
     )
 
@@ -321,6 +323,7 @@ def discover(root: Path) -> Inventory:
                 problems=tuple(sorted(problems.get(key, []), key=lambda u: str(u.path))),
                 patient_sex=head.patient_sex,
                 patient_age=head.patient_age,
+                contrast_agent=head.contrast_agent,
             )
         )
     series.sort(

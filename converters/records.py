@@ -70,6 +70,8 @@ class DicomSeries:
     #: PatientSex and PatientAge (``034Y``) as the header gives them, or "".
     patient_sex: str = ""
     patient_age: str = ""
+    #: ContrastBolusAgent (0018,0010), or "" when no contrast agent is recorded.
+    contrast_agent: str = ""
 
 
 @dataclass(frozen=True)

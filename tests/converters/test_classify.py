@@ -237,3 +237,17 @@ def test_single_band_references_and_localizers() -> None:
     assert classify(dwi_sbref) == BidsTarget("dwi", "sbref", {"dir": "AP"}, rule="sbref")
     scout = classify(SeriesFacts(_series(series_description="AAHead_Scout_32ch"), (_epi((64, 64, 3)),)))
     assert isinstance(scout, Skip) and "localizer" in scout.reason
+
+
+def test_contrast_agent_phase_and_mp2rage_parts() -> None:
+    t1 = _image(BidsGuess=["anat", "_acq-tfl3p2_run-5_T1w"])
+    enhanced = classify(SeriesFacts(_series(contrast_agent="Gadovist 1.0"), (t1,)))
+    assert enhanced == BidsTarget("anat", "T1w", {"ce": "Gadovist10"}, rule="bids-guess")
+    plain = classify(SeriesFacts(_series(contrast_agent="NONE"), (t1,)))
+    assert isinstance(plain, BidsTarget) and "ce" not in plain.entities
+    phase = _image(BidsGuess=["anat", "_T2starw"], ImageType=["ORIGINAL", "PRIMARY", "P", "PHASE"])
+    assert classify(SeriesFacts(_series(), (phase,))) == BidsTarget(
+        "anat", "T2starw", {"part": "phase"}, rule="bids-guess"
+    )
+    inv2 = _image(BidsGuess=["anat", "_acq-tfl_inv-2_run-3_MP2RAGE"])
+    assert classify(SeriesFacts(_series(), (inv2,))) == BidsTarget("anat", "MP2RAGE", {"inv": "2"}, rule="bids-guess")
