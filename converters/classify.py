@@ -323,6 +323,12 @@ def rule_scanner_derived(facts: SeriesFacts) -> Classification | None:
     if suffix is not None:
         name = f"scanner-derived diffusion map (ImageType {_describe(facts)})"
         return _finish(facts, BidsTarget("dwi", suffix, rule="scanner-derived"), name=name)
+    if "ASL" in facts.image_types or "PERFUSION" in facts.image_types:
+        return Skip(
+            f"scanner-derived perfusion map (ImageType {_describe(facts)}): BIDS {BIDS_VERSION} defines no file "
+            "for it, in raw perf/ or in derivatives; skipped by policy (the raw ASL series is kept)",
+            "scanner-derived",
+        )
     return Skip(
         f"scanner-derived image (ImageType {_describe(facts)}): raw BIDS defines no file for it; "
         "skipped by policy (the source series is kept)",
