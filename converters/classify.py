@@ -18,9 +18,10 @@ Order of :data:`DEFAULT_RULES`:
    ``func-bold_task-rest_run-1``, ``dwi_dir-AP``, ``fmap-epi_dir-PA``, ``fmap_acq-x``,
    ``perf-asl``) win over everything below;
 4. header facts: localizers are skipped; raw diffusion (b-values) -> ``dwi``; GRE field maps ->
-   ``fmap`` magnitude/phasediff/fieldmap; ASL -> ``perf/asl`` when every required field is found
-   (:mod:`converters.asl`), else skipped naming the missing fields; single-band references ->
-   ``sbref``; 4D EPI time series -> ``func/bold`` with the series name as task;
+   ``fmap`` magnitude/phasediff/fieldmap; spin-echo EPI field maps by name -> ``fmap/epi``;
+   ASL -> ``perf/asl`` when every required field is found (:mod:`converters.asl`), else skipped
+   naming the missing fields; single-band references -> ``sbref``; 4D EPI time series ->
+   ``func/bold`` with the series name as task;
 5. dcm2niix's own ``BidsGuess``, accepted only for anatomical suffixes, as a last hint;
 6. anything else is skipped as unrecognised.
 
@@ -465,6 +466,29 @@ def rule_asl(facts: SeriesFacts) -> Classification | None:
     return _asl(facts, {}, "asl", f"ASL ({_describe(facts)})")
 
 
+_PEPOLAR_NAME = re.compile(
+    r"(spin[-_ ]?echo[-_ ]?field[-_ ]?map|se[-_ ]?fmap|fmap[-_ ]?se|topup|pepolar|fieldmap[-_ ]?epi|epi[-_ ]?fieldmap)",
+    re.IGNORECASE,
+)
+#: Most volumes a pepolar field-map series has (more: a time series).
+PEPOLAR_MAX_VOLUMES = 10
+
+
+def rule_pepolar(facts: SeriesFacts) -> Classification | None:
+    """Spin-echo EPI field maps by name (``SpinEchoFieldMap_AP``, ``topup_PA``, ...): a few EPI
+    volumes without diffusion weighting -> ``fmap/…_dir-XX_epi``."""
+    names = (facts.series.series_description, facts.series.protocol_name)
+    if not any(_PEPOLAR_NAME.search(name) for name in names) or len(facts.images) != 1:
+        return None
+    image = facts.images[0]
+    volumes = image.shape[3] if len(image.shape) == 4 else 1
+    if "EP" not in str(image.metadata.get("ScanningSequence", "")).upper() or volumes > PEPOLAR_MAX_VOLUMES:
+        return None
+    if facts.diffusion_weighted:
+        return None
+    return _finish(facts, BidsTarget("fmap", "epi", rule="pepolar"), name=f"spin-echo EPI field map {names[0]!r}")
+
+
 _LOCALIZER_NAME = re.compile(r"(localizer|localiser|scout|survey|3[-_ ]?plane|tri[-_ ]?pilot)", re.IGNORECASE)
 
 
@@ -571,6 +595,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     rule_localizer,
     rule_diffusion,
     rule_fieldmap,
+    rule_pepolar,
     rule_asl,
     rule_sbref,
     rule_bold,

@@ -12,7 +12,8 @@ dataset ends up the same as after a sequential conversion:
   the same echo times (Siemens writes them as two series) form one set and share one run;
 - **field-map links**: each raw ``func``/``dwi``/``perf`` image gets ``B0FieldSource`` naming the
   field-map set acquired closest before it (else the first one after it); the set's images get
-  that ``B0FieldIdentifier`` and ``IntendedFor`` (BIDS URIs) listing the images they correct.
+  that ``B0FieldIdentifier`` and ``IntendedFor`` (BIDS URIs) listing the images they correct. A
+  set is a GRE set or consecutive ``fmap/epi`` series with opposite ``dir`` (a pepolar pair).
 """
 
 from __future__ import annotations
@@ -217,14 +218,41 @@ def _uri(path: str) -> str:
     return f"bids::{path}"
 
 
+def _is_pepolar(entry: SeriesEntry) -> bool:
+    return bool(entry.images) and all(i.datatype == "fmap" and i.suffix == "epi" for i in entry.images)
+
+
+def _fieldmap_groups(entries: Sequence[SeriesEntry]) -> list[list[SeriesEntry]]:
+    """Field maps of the session as estimation inputs, in acquisition order: each GRE set, and
+    each run of consecutive ``epi`` series with opposite directions (a pepolar pair, e.g.
+    ``dir-AP`` + ``dir-PA``, is one input to one estimation)."""
+    groups: list[list[SeriesEntry]] = []
+    for unit in _units(entries):
+        if _is_gre(unit[0]):
+            groups.append(unit)
+        elif _is_pepolar(unit[0]):
+            entry = unit[0]
+            key = {k: v for i in entry.images for k, v in i.entities.items() if k not in ("dir", "run")}
+            directions = {i.entities.get("dir") for i in entry.images}
+            last = groups[-1] if groups else None
+            if last is not None and all(_is_pepolar(member) for member in last):
+                last_key = {
+                    k: v for m in last for i in m.images for k, v in i.entities.items() if k not in ("dir", "run")
+                }
+                last_directions = {i.entities.get("dir") for m in last for i in m.images}
+                if last_key == key and not directions & last_directions:
+                    last.append(entry)
+                    continue
+            groups.append([entry])
+    return groups
+
+
 def links(
     subject: str, session: str | None, entries: Sequence[SeriesEntry], slots: Mapping[str, Sequence[Slot]]
 ) -> dict[str, dict[str, Any]]:
     """Linking sidecar fields (:data:`LINK_KEYS`) for each image of the session, by its ``.json``
     path; images without links map to ``{}``."""
-    units = [unit for unit in _units(entries) if _is_gre(unit[0]) or any(
-        i.datatype == "fmap" and i.suffix == "epi" for e in unit for i in e.images
-    )]  # fmt: skip
+    units = _fieldmap_groups(entries)
     fields: dict[str, dict[str, Any]] = {
         slot.paths[".json"]: {} for uid in slots for slot in slots[uid] if ".json" in slot.paths
     }

@@ -251,3 +251,10 @@ def test_contrast_agent_phase_and_mp2rage_parts() -> None:
     )
     inv2 = _image(BidsGuess=["anat", "_acq-tfl_inv-2_run-3_MP2RAGE"])
     assert classify(SeriesFacts(_series(), (inv2,))) == BidsTarget("anat", "MP2RAGE", {"inv": "2"}, rule="bids-guess")
+
+
+def test_spin_echo_field_maps_by_name() -> None:
+    facts = SeriesFacts(_series(series_description="SpinEchoFieldMap_PA"), (_epi((64, 64, 30, 3)),))
+    assert classify(facts) == BidsTarget("fmap", "epi", {"dir": "AP"}, rule="pepolar")
+    long_run = SeriesFacts(_series(series_description="topup_rest"), (_epi((64, 64, 30, 200)),))
+    assert classify(long_run).rule == "bold"  # a time series, whatever its name
