@@ -561,38 +561,28 @@ def _settle(
 def _move_study(
     root: Path, manifests: dict[str, SeriesManifest], *, study_uid: str, subject: str, session: str, skip: str
 ) -> set[tuple[str, str | None]]:
-    """Move every series of a study (but ``skip``) of ``subject`` to another session label."""
+    """Move every series of a study (but ``skip``) of ``subject`` to another session label.
+
+    The files move straight from their old to their new paths (another study never shares a
+    session label, so nothing is in the way); each series claims its new names first."""
     moving = sorted(
         (m for m in manifests.values() if m.subject == subject and m.study_uid == study_uid and m.series_uid != skip),
         key=lambda m: m.series_uid,
     )
     touched: set[tuple[str, str | None]] = set()
-    if not moving:
-        return touched
-    hold = make_staging_dir(root)
-    try:
-        carried: list[tuple[SeriesManifest, tuple[StagedImage, ...]]] = []
-        for manifest in moving:
-            staged: list[StagedImage] = []
-            for index, (image, placed) in enumerate(zip(manifest.images, manifest.placed, strict=True)):
-                files: dict[str, Path] = {}
-                for ext, relative in placed.items():
-                    held = hold / f"{manifest.series_uid}.{index}{ext}"
-                    os.replace(root / relative, held)
-                    _remove_empty_parents(root, root / relative)
-                    files[ext] = held
-                staged.append(StagedImage(files=files, target=image.target(None)))
-            carried.append((manifest, tuple(staged)))
-            touched.add((manifest.subject, manifest.session))
-            manifest_path(root, manifest.series_uid).unlink(missing_ok=True)
-            del manifests[manifest.series_uid]
-        for old_subject, old_session in sorted(touched, key=str):
-            _settle(root, old_subject, old_session, manifests, incoming=None, staged=(), previous=None)
-        for manifest, staged_images in carried:
-            moved = replace(manifest, session=session, outputs=(), placed=(), scans=())
-            _settle(root, subject, session, manifests, incoming=moved, staged=staged_images, previous=None)
-    finally:
-        discard_staging(hold)
+    for manifest in moving:
+        touched.add((manifest.subject, manifest.session))
+        current = tuple(
+            StagedImage(files={ext: root / path for ext, path in placed.items()}, target=image.target(None))
+            for image, placed in zip(manifest.images, manifest.placed, strict=True)
+        )
+        del manifests[manifest.series_uid]
+        moved = replace(manifest, session=session, outputs=(), placed=(), scans=())
+        _settle(root, subject, session, manifests, incoming=moved, staged=current, previous=None)
+        for path in manifest.outputs:
+            _remove_empty_parents(root, root / path)
+    for old_subject, old_session in sorted(touched, key=str):
+        _settle(root, old_subject, old_session, manifests, incoming=None, staged=(), previous=None)
     touched.add((subject, session))
     return touched
 

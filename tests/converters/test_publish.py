@@ -155,6 +155,8 @@ def test_same_day_sessions_do_not_depend_on_arrival_order(xa30: Path, tmp_path: 
                 f"{SUB}/{session}/anat/{SUB}_{session}_acq-tfl_T1w.nii.gz"
             )
         assert validate(root) == []
+        empty = [d for d in root.rglob("*") if d.is_dir() and not any(d.iterdir()) and BOOKKEEPING_DIR not in d.parts]
+        assert empty == []
         trees[len(trees)] = {
             str(p.relative_to(root)): p.read_bytes()
             for p in sorted(root.rglob("*"))
