@@ -27,6 +27,11 @@ Keys (all optional unless stated):
                      first start, every stable series in the log; ``"none"``.
 ``Subject`` /        fixed subject/session labels (default: from PatientID / StudyDate).
 ``Session``
+``Rules``            routing-rules YAML file (absolute path), checked at start and reloaded live
+                     when it changes; default: the shipped default rules.
+``Datasets``         more BIDS datasets rules may route to: ``{"name": "/abs/dir"}``;
+                     ``default`` is ``BidsRoot``.
+``Destinations``     XNAT servers by alias (see :mod:`xnat_container.destinations`).
 ===================  ========================================================================
 """
 
@@ -63,9 +68,20 @@ class PluginConfig:
     catch_up: CatchUpMode
     subject: str | None
     session: str | None
+    rules_path: Path | None = None
+    #: Dataset name -> root; always holds ``default`` (= ``bids_root``).
+    datasets: dict[str, Path] | None = None
+    #: The ``Destinations`` section as given (parsed where it is used).
+    destinations: dict[str, Any] | None = None
+
+    def dataset_roots(self) -> dict[str, Path]:
+        return dict(self.datasets or {"default": self.bids_root})
 
 
 _KNOWN_KEYS = {
+    "Rules",
+    "Datasets",
+    "Destinations",
     "Enabled",
     "BidsRoot",
     "StateDirectory",
@@ -185,9 +201,27 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
     if catch_up not in _CATCH_UP_MODES:
         raise ConfigError(f"{_key('CatchUp')} must be one of {', '.join(_CATCH_UP_MODES)}, not {catch_up!r}")
 
+    bids_root = _directory(section, "BidsRoot")
+    datasets = {"default": bids_root}
+    raw_datasets = section.get("Datasets", {})
+    if not isinstance(raw_datasets, dict):
+        raise ConfigError(f"{_key('Datasets')} must be a JSON object of name -> directory")
+    for name, folder in raw_datasets.items():
+        if not (isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum()):
+            raise ConfigError(f"{_key('Datasets')}: {name!r} is not a usable dataset name (letters, digits, - _)")
+        if name == "default":
+            raise ConfigError(f"{_key('Datasets')}.default is BidsRoot; do not redefine it")
+        datasets[name] = _directory({f"Datasets.{name}": folder}, f"Datasets.{name}")
+    rules = _optional_str(section, "Rules")
+    if rules is not None and not (Path(rules).is_absolute() and Path(rules).is_file()):
+        raise ConfigError(f"{_key('Rules')}: {rules} is not an existing file (absolute path)")
+    destinations = section.get("Destinations", {})
+    if not isinstance(destinations, dict):
+        raise ConfigError(f"{_key('Destinations')} must be a JSON object of alias -> server settings")
+
     return PluginConfig(
         enabled=_bool(section, "Enabled", True),
-        bids_root=_directory(section, "BidsRoot"),
+        bids_root=bids_root,
         state_dir=_directory(section, "StateDirectory"),
         workers=_int(section, "Workers", os.cpu_count() or 1, 1),
         max_attempts=_int(section, "MaxAttempts", 3, 1),
@@ -199,4 +233,7 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         catch_up=catch_up,
         subject=_optional_str(section, "Subject"),
         session=_optional_str(section, "Session"),
+        rules_path=None if rules is None else Path(rules),
+        datasets=datasets,
+        destinations=destinations,
     )

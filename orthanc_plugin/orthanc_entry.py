@@ -14,7 +14,12 @@ import orthanc
 
 
 def _prepare_path() -> None:
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    # orthanc-python puts this script's folder first on sys.path: its modules would shadow
+    # same-named standard-library ones (e.g. a module named like "queue"). Only the parent is wanted.
+    while here in sys.path:
+        sys.path.remove(here)
+    package_parent = os.path.dirname(here)
     if package_parent not in sys.path:
         sys.path.insert(0, package_parent)
     from orthanc_plugin.config import default_python  # noqa: PLC0415 - needs the path above

@@ -23,8 +23,9 @@ from typing import Any
 import orthanc
 
 from .config import ConfigError, PluginConfig, parse_config
-from .queue import JobQueue
+from .job_queue import JobQueue
 from .routes import Response, Routes
+from .rules import CheckContext, RulesError, RulesHolder
 from .supervisor import Supervisor
 from .worker_settings import WorkerSettings
 
@@ -61,9 +62,25 @@ def _rest_get_json(uri: str) -> Any:
     return json.loads(orthanc.RestApiGet(uri))
 
 
+def _rules_context(orthanc_config: dict[str, Any]) -> dict[str, Any]:
+    """The names the rule checks verify (no settings values, so no secret can travel)."""
+    section = orthanc_config.get("BidsBridge") or {}
+    names: dict[str, dict[str, Any]] = {
+        key: {name: {} for name in (section.get(key) or {})} for key in ("Destinations", "Datasets")
+    }
+    return {
+        "BidsBridge": names,
+        "DicomModalities": {name: {} for name in (orthanc_config.get("DicomModalities") or {})},
+        "OrthancPeers": {name: {} for name in (orthanc_config.get("OrthancPeers") or {})},
+    }
+
+
 class BidsBridgePlugin:
-    def __init__(self, config: PluginConfig) -> None:
+    def __init__(self, config: PluginConfig, orthanc_config: dict[str, Any] | None = None) -> None:
         self.config = config
+        context = _rules_context(orthanc_config or {})
+        # Checked now: a rules file that fails its checks stops Orthanc's start-up with the message.
+        self.rules = RulesHolder(config.rules_path, context=CheckContext.from_orthanc_config(context))
         self.queue = JobQueue(config.state_dir, max_attempts=config.max_attempts)
         authorization = None
         if config.rest_username is None and hasattr(orthanc, "GenerateRestApiAuthorizationToken"):
@@ -79,6 +96,9 @@ class BidsBridgePlugin:
                 session=config.session,
                 rest_username=config.rest_username,
                 rest_password_file=None if config.rest_password_file is None else str(config.rest_password_file),
+                rules_path=None if config.rules_path is None else str(config.rules_path),
+                datasets={name: str(root) for name, root in config.dataset_roots().items()},
+                rules_context=context,
             ),
             queue=self.queue,
             workers=config.workers,
@@ -87,7 +107,8 @@ class BidsBridgePlugin:
             log=lambda message: logger.warning("%s", message.removeprefix("bidsbridge: ")),
         )
         self.routes = Routes(self.queue, config.bids_root, self._series_exists, self._status,
-                             uploads_dir=config.state_dir / "uploads")
+                             uploads_dir=config.state_dir / "uploads",
+                             rules_status=lambda: self.rules.status().to_dict())
         self._started = False
 
     # -- events ----------------------------------------------------------------------------
@@ -113,6 +134,7 @@ class BidsBridgePlugin:
         if resumed:
             logger.warning("resuming %d job(s) left running when Orthanc stopped: %s", len(resumed), resumed)
         self.supervisor.start()
+        self.rules.start()
         threading.Thread(target=self._catch_up, name="bidsbridge-catch-up", daemon=True).start()
         logger.warning("started %d worker(s); BIDS dataset at %s", self.config.workers, self.config.bids_root)
 
@@ -120,6 +142,7 @@ class BidsBridgePlugin:
         if not self._started:
             return
         self._started = False
+        self.rules.stop()
         self.supervisor.stop()
 
     def _catch_up(self) -> None:
@@ -206,6 +229,8 @@ class BidsBridgePlugin:
                                           content_type=headers.get("content-type", ""), get={**options, **get})
             case ["status"]:
                 return self.routes.status_route(method)
+            case ["rules"]:
+                return self.routes.rules_route(method)
         return Response.error(404, f"no bidsbridge route {uri}")
 
 
@@ -235,15 +260,20 @@ def install() -> BidsBridgePlugin | None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    orthanc_config = json.loads(orthanc.GetConfiguration())
     try:
-        config = parse_config(json.loads(orthanc.GetConfiguration()))
+        config = parse_config(orthanc_config)
     except ConfigError as exc:
         orthanc.LogError(f"bidsbridge: invalid configuration: {exc}")
         raise SystemExit(f"bidsbridge: invalid configuration: {exc}") from exc
     if not config.enabled:
         logger.warning("BidsBridge.Enabled is false: the plugin is loaded but does nothing")
         return None
-    plugin = BidsBridgePlugin(config)
+    try:
+        plugin = BidsBridgePlugin(config, orthanc_config)
+    except RulesError as exc:
+        orthanc.LogError(f"bidsbridge: BidsBridge.Rules refused: {exc}")
+        raise SystemExit(f"bidsbridge: BidsBridge.Rules refused: {exc}") from exc
     orthanc.RegisterOnChangeCallback(plugin.on_change)
     orthanc.RegisterRestCallback("/bidsbridge/(.*)", plugin.rest)
     return plugin

@@ -66,6 +66,17 @@ class OrthancRestClient:
             )
         return str(response.json()["ID"])
 
+    def post_json(self, path: str, body: Any) -> Any:
+        try:
+            response = self._session.post(f"{self.url}{path}", json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise OrthancError(f"cannot reach Orthanc at {self.url}: {exc.__class__.__name__}") from exc
+        if response.status_code == 404:
+            raise OrthancError(f"Orthanc has no {path} (unknown modality or peer?)")
+        if response.status_code >= 400:
+            raise OrthancError(f"Orthanc answered {response.status_code} to POST {path}: {response.text[:200]}")
+        return response.json()
+
     def get_json(self, path: str) -> Any:
         return self._get(path).json()
 

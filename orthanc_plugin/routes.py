@@ -19,6 +19,8 @@ Orthanc's own authentication applies (routes are registered through the plugin S
                                           ``segmentation_type`` (Orthanc itself consumes
                                           ``multipart/form-data`` bodies, so that one is refused).
 ``GET  /bidsbridge/status``               queue counts and worker pids
+``GET  /bidsbridge/rules``                the active routing rules: file, version, digest,
+                                          loaded at, last error (a refused edit)
 ========================================  ==========================================================
 
 The handlers are plain functions of the request returning a :class:`Response`, so they are
@@ -40,7 +42,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
-from .queue import JobQueue
+from .job_queue import JobQueue
 from .worker_settings import KNOWN_DERIVATIONS
 
 __all__ = ["Response", "Routes"]
@@ -69,8 +71,11 @@ class Routes:
         bids_root: Path,
         series_exists: Callable[[str], bool],
         status: Callable[[], dict[str, Any]],
+        *,
         uploads_dir: Path | None = None,
+        rules_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        self.rules_status = rules_status
         self.queue = queue
         self.bids_root = bids_root
         self.uploads_dir = uploads_dir
@@ -148,7 +153,8 @@ class Routes:
             images = [p for p in job.outputs if not p.startswith("sourcedata/")]
             if not images:
                 return Response.error(404, f"series {series_id} was converted to no NIfTI file")
-            return Response(200, self._zip(images), "application/zip")
+            root = Path((job.result or {}).get("dataset_root") or self.bids_root)
+            return Response(200, self._zip(images, root), "application/zip")
         return Response.error(404, f"unknown series action {action!r}")
 
     def _segmentation(self, series_id: str, body: bytes, content_type: str, get: Mapping[str, str]) -> Response:
@@ -197,14 +203,21 @@ class Routes:
         job = self.queue.get(job_id)
         return Response.json(job.to_dict() if job else {"id": job_id}, 202)
 
+    def rules_route(self, method: str) -> Response:
+        if method != "GET":
+            return Response(405, b"", allow="GET")
+        if self.rules_status is None:
+            return Response.error(404, "no routing rules are loaded")
+        return Response.json(self.rules_status())
+
     def status_route(self, method: str) -> Response:
         if method != "GET":
             return Response(405, b"", allow="GET")
         return Response.json(self.status())
 
-    def _zip(self, relative_paths: list[str]) -> bytes:
+    def _zip(self, relative_paths: list[str], dataset_root: Path) -> bytes:
         buffer = io.BytesIO()
-        root = self.bids_root.resolve()
+        root = dataset_root.resolve()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
             for relative in sorted(relative_paths):
                 path = (root / relative).resolve()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .queue import JobQueue
+from .job_queue import JobQueue
 from .worker_settings import AUTH_ENV, WorkerSettings
 
 __all__ = ["Supervisor"]

@@ -27,9 +27,18 @@ from typing import Any
 from converters import convert_series
 from converters.errors import BidsBridgeError, DicomInputError, LabelError
 
-from .derive_stage import derive, reverse_convert, segment, sop_class_of
-from .queue import Job, JobQueue
+from .derive_stage import (
+    PARAMETRIC_MAP_CLASS,
+    SEGMENTATION_CLASSES,
+    derive,
+    reverse_convert,
+    segment,
+    sop_class_of,
+)
+from .job_queue import Job, JobQueue
 from .rest_client import OrthancError, OrthancRestClient, SeriesNotFound
+from .routing_stage import RulesError, decide, fetch_series_info, forward, open_rules
+from .rules import RulesHolder
 from .worker_settings import AUTH_ENV, WorkerSettings
 
 __all__ = ["main", "run_job"]
@@ -43,31 +52,71 @@ class _Permanent(Exception):
     """A failure that retrying cannot mend; carries the reason."""
 
 
-def _convert(job: Job, files: list[Path], dicom_dir: Path, settings: WorkerSettings,
-             client: OrthancRestClient) -> tuple[str, list[str], dict[str, Any], str | None]:
-    """(state, outputs, result record, reason) for a convert job: conversion, then derivations."""
+def _datasets(settings: WorkerSettings) -> dict[str, Path]:
+    return {name: Path(root) for name, root in (settings.datasets or {"default": settings.bids_root}).items()}
+
+
+def _convert(job: Job, scratch: Path, settings: WorkerSettings, client: OrthancRestClient,
+             holder: RulesHolder) -> tuple[str, list[str], dict[str, Any], str | None]:
+    """(state, outputs, result record, reason) of a convert job: rules, conversion, derivations, forwards."""
+    dicom_dir = scratch / "dicom"
+    info = fetch_series_info(client, job.series)
+    if info.instance_count == 0:
+        return "skipped", [], {}, f"series {job.series} has no instances"
     bids_root = Path(settings.bids_root)
-    reverse = reverse_convert(files, bids_root, wait_for_source=job.attempts < job.max_attempts)
-    if reverse is not None:  # a SEG / Parametric Map from elsewhere: NIfTI into the derivatives
-        record = {"reverse": reverse.to_dict()}
-        if not reverse.outputs:
-            return "skipped", [], record, "; ".join(reverse.notes) or "nothing to convert"
-        return "done", list(reverse.outputs), record, None
-    try:
-        result = convert_series(dicom_dir, bids_root, subject=settings.subject, session=settings.session)
-    except (DicomInputError, LabelError) as exc:
-        raise _Permanent(str(exc)) from exc
-    record = result.to_dict()
-    outputs = list(result.outputs)
-    if result.state == "failed":
-        raise RuntimeError(result.reason or "conversion failed")
-    derived: dict[str, Any] = {}
-    for name in job.params.get("derive", []):
+    if info.tags.get("SOPClassUID") in SEGMENTATION_CLASSES | {PARAMETRIC_MAP_CLASS}:
+        # SEG / Parametric Map from elsewhere: NIfTI into the derivatives of the series it refers to.
+        files = client.download_series(job.series, dicom_dir)
+        reverse = reverse_convert(files, bids_root, wait_for_source=job.attempts < job.max_attempts)
+        reverse_record: dict[str, Any] = {"reverse": reverse.to_dict() if reverse else None}
+        if reverse is None or not reverse.outputs:
+            return "skipped", [], reverse_record, "; ".join(reverse.notes if reverse else ()) or "nothing to convert"
+        return "done", list(reverse.outputs), reverse_record, None
+
+    decision = decide(holder, info)
+    record: dict[str, Any] = {"decision": decision.to_dict()}
+    if decision.problems:
+        raise _Permanent("the routing rules cannot be applied to this series: " + "; ".join(decision.problems))
+    forwards = [forward(client, job.series, f.kind, f.target) for f in decision.forwards]
+    if forwards:
+        record["forwards"] = forwards
+    if decision.skip is not None or not decision.converts:
+        reason = decision.skip.reason if decision.skip is not None else "no conversion planned by the rules"
+        # The same per-series record as `bidsbridge convert --report` writes.
+        record.update(series_uid=decision.series_uid, series_description=decision.series_description,
+                      series_number=decision.series_number, state="skipped", reason=reason, outputs=[])
+        return ("done" if forwards else "skipped"), [], record, reason
+
+    client.download_series(job.series, dicom_dir)
+    roots = _datasets(settings)
+    outputs: list[str] = []
+    converted: dict[str, Any] = {}
+    result = None
+    for plan in decision.converts:
+        root = roots[plan.dataset]
         try:
-            outcome = derive(name, dicom_dir, bids_root, result.series_uid, client)
+            result = convert_series(dicom_dir, root, subject=plan.subject or settings.subject,
+                                    session=plan.session or settings.session,
+                                    overrides=[plan.override] if plan.override is not None else ())
+        except (DicomInputError, LabelError) as exc:
+            raise _Permanent(str(exc)) from exc
+        if result.state == "failed":
+            raise RuntimeError(result.reason or "conversion failed")
+        converted[plan.dataset] = {**result.to_dict(), "dataset_root": str(root)}
+        if not outputs:
+            outputs = list(result.outputs)
+    assert result is not None
+    record["conversion"] = converted
+    record.update(next(iter(converted.values())))  # series_uid, state, reason, outputs of the first dataset
+    names = sorted({"adc" for d in decision.derives for n in d.names if n in ("adc", "seg_mask")}
+                   | set(job.params.get("derive", [])))
+    derived: dict[str, Any] = {}
+    first_root = roots[decision.converts[0].dataset]
+    for name in names:
+        try:
+            outcome = derive(name, dicom_dir, first_root, result.series_uid, client)
         except DicomInputError as exc:  # e.g. no b = 0: the series is converted, the derivation cannot be
-            derived[name] = {"error": str(exc)}
-            record["derived"] = derived
+            record["derived"] = {**derived, name: {"error": str(exc)}}
             raise _Permanent(f"converted, but derivation {name!r} failed: {exc}") from exc
         derived[name] = outcome.to_dict()
         outputs += outcome.outputs
@@ -92,23 +141,19 @@ def _segment(job: Job, dicom_dir: Path, settings: WorkerSettings,
     return "done", list(outcome.outputs), {"segmentation": outcome.to_dict()}, None
 
 
-def run_job(job: Job, queue: JobQueue, client: OrthancRestClient, settings: WorkerSettings) -> None:
+def run_job(job: Job, queue: JobQueue, client: OrthancRestClient, settings: WorkerSettings,
+            holder: RulesHolder) -> None:
     """Carry one claimed job to an end state (see the module's contract)."""
     scratch = Path(tempfile.mkdtemp(prefix=f"job{job.id}-", dir=Path(settings.state_dir) / "tmp"))
     try:
-        try:
-            files = client.download_series(job.series, scratch / "dicom")
-        except SeriesNotFound:
-            queue.fail_attempt(job.id, f"series {job.series} no longer exists in Orthanc", permanent=True)
-            return
-        if not files:
-            queue.finish(job.id, "skipped", reason=f"series {job.series} has no instances")
-            return
         if job.kind == "segment":
+            client.download_series(job.series, scratch / "dicom")
             state, outputs, record, reason = _segment(job, scratch / "dicom", settings, client)
         else:
-            state, outputs, record, reason = _convert(job, files, scratch / "dicom", settings, client)
+            state, outputs, record, reason = _convert(job, scratch, settings, client, holder)
         queue.finish(job.id, "done" if state == "done" else "skipped", outputs=outputs, result=record, reason=reason)
+    except SeriesNotFound:
+        queue.fail_attempt(job.id, f"series {job.series} no longer exists in Orthanc", permanent=True)
     except _Permanent as exc:  # retrying cannot help: fail now, with the reason
         queue.fail_attempt(job.id, str(exc), permanent=True)
     except (OrthancError, BidsBridgeError, OSError, RuntimeError) as exc:
@@ -131,6 +176,16 @@ def _client(settings: WorkerSettings) -> OrthancRestClient:
     )
 
 
+def _rules(settings: WorkerSettings) -> RulesHolder:
+    """The rules holder; while the file is invalid at start, wait for a fix rather than crash-loop."""
+    while True:
+        try:
+            return open_rules(settings.rules_path, settings.rules_context)
+        except RulesError as exc:
+            logger.error("rules file refused, waiting for a valid one: %s", exc)
+            time.sleep(5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orthanc_plugin.worker")
     parser.add_argument("settings", type=Path)
@@ -143,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     (Path(settings.state_dir) / "tmp").mkdir(parents=True, exist_ok=True)
     queue = JobQueue(Path(settings.state_dir), max_attempts=settings.max_attempts)
     client = _client(settings)
+    holder = _rules(settings)
     parent = os.getppid()
     stopping = False
 
@@ -164,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         started = time.monotonic()
         logger.info("job %d: converting series %s (attempt %d)", job.id, job.series, job.attempts)
-        run_job(job, queue, client, settings)
+        run_job(job, queue, client, settings, holder)
         done = queue.get(job.id)
         logger.info("job %d: %s in %.2f s", job.id, done.state if done else "?", time.monotonic() - started)
     client.close()

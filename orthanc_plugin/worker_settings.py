@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["AUTH_ENV", "KNOWN_DERIVATIONS", "WorkerSettings"]
 
@@ -26,6 +27,12 @@ class WorkerSettings:
     session: str | None = None
     rest_username: str | None = None
     rest_password_file: str | None = None
+    rules_path: str | None = None
+    #: Dataset name -> root directory (``default`` included).
+    datasets: dict[str, str] | None = None
+    #: What the rule checks need to know of Orthanc's configuration (names only, no secrets):
+    #: ``{"BidsBridge": {"Destinations": ..., "Datasets": ...}, "DicomModalities": ..., "OrthancPeers": ...}``.
+    rules_context: dict[str, Any] | None = None
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

@@ -27,7 +27,7 @@ def test_demo_sends_the_bundled_sample_and_reports(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     out = completed.stdout
     assert "Sent 45 DICOM files (5 series)" in out
-    assert "Series converted: 3 of 5 (skipped 2, failed 0)" in out
+    assert "Series converted: 5 of 5 (skipped 0, failed 0)" in out
     assert f"BIDS dataset:     {tmp_path / 'demo' / 'bids'}" in out
     assert list((tmp_path / "demo" / "bids").glob("sub-*/ses-*/dwi/*_dir-PA_dwi.nii.gz"))
 

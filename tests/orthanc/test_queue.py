@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from orthanc_plugin.queue import JobQueue
+from orthanc_plugin.job_queue import JobQueue
 
 
 def test_enqueue_coalesces_queued_jobs_of_one_series(tmp_path: Path) -> None:
