@@ -151,12 +151,17 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from converters.cli import register as register_convert  # noqa: PLC0415
     from converters.derived.cli import register as register_derive  # noqa: PLC0415
+    from xnat_container.cli import register as register_xnat  # noqa: PLC0415
+
+    from .rules.cli import register as register_rules  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="bidsbridge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_convert(commands)
     register_derive(commands)
+    register_rules(commands)
+    register_xnat(commands)
 
     serve = commands.add_parser("serve", help="run Orthanc with the plugin on loopback (embedded default)")
     _add_server_options(serve, "bidsbridge-work")
