@@ -9,7 +9,9 @@ import multiprocessing.synchronize
 import random
 from pathlib import Path
 
-from converters import convert_series
+import pytest
+
+from converters import convert_series, convert_tree
 from converters.bids.publish import (
     BOOKKEEPING_DIR,
     PublishRequest,
@@ -117,3 +119,20 @@ def test_racing_publishers_lose_nothing(tmp_path: Path) -> None:
         rows = (session / f"sub-{subject}_ses-20240102_scans.tsv").read_text().splitlines()[1:]
         assert sorted(row.split("\t")[0] for row in rows) == sorted(f"anat/{name}" for name in names)
     assert (root / "participants.tsv").read_text() == "participant_id\nsub-P0\nsub-P1\n"
+
+
+@pytest.mark.parametrize("suite", ["dcm_qa_nih", "dcm_qa_fmap"])
+def test_repeats_field_map_sets_and_same_day_sessions_do_not_depend_on_arrival(
+    suite: str, corpus: Path, tmp_path: Path
+) -> None:
+    """Runs of true repeats, paired field-map series and same-day sessions are decided from all
+    series: 4 workers in random order give the sequential dataset, byte for byte."""
+    source = corpus / suite / "In"
+    sequential = tmp_path / "sequential"
+    convert_tree(source, sequential)
+    folders = sorted({path.parent for path in source.rglob("*") if path.is_file() and path.suffix != ".txt"})
+    random.Random(5).shuffle(folders)
+    parallel = tmp_path / "parallel"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.starmap(convert_series, [(folder, parallel) for folder in folders], chunksize=1)
+    assert _tree(parallel) == _tree(sequential)
