@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from converters import convert_tree
+from converters.bids.dataset import IDENTIFYING_KEYS
 from tests.converters.helpers import Converted
 from tests.validator import validate
 
@@ -123,3 +124,11 @@ def test_field_map_sets_carry_what_bids_requires(suite: Converted) -> None:
         assert 0 < sidecar["EchoTime1"] < sidecar["EchoTime2"], path
     for path in sorted(suite.root.glob("sub-*/ses-*/fmap/*_fieldmap.json")):
         assert json.loads(path.read_text())["Units"] == "Hz", path
+
+
+@pytest.mark.parametrize("suite", SUITES, indirect=True)
+def test_sidecars_carry_no_identifiers(suite: Converted) -> None:
+    for path in sorted(suite.root.glob("sub-*/ses-*/*/*.json")):
+        sidecar = json.loads(path.read_text())
+        assert not IDENTIFYING_KEYS & set(sidecar), path
+        assert not {"InstitutionName", "StationName", "DeviceSerialNumber"} & set(sidecar), path
