@@ -201,7 +201,9 @@ def asl_fields(headers: AslHeaders, sidecar: Mapping[str, Any], volumes: int) ->
         metadata["ArterialSpinLabelingType"] = labelling
     protocol = headers.protocol
     delay = _seconds(protocol, "sAsl.sPostLabelingDelay[0]") or sidecar.get("PostLabelingDelay")
-    if delay is None:
+    if protocol.get("sAsl.ulDelayArraySize", "1").strip() not in ("", "0", "1"):
+        missing.append("PostLabelingDelay (one per volume: a multi-delay protocol is not decoded)")
+    elif delay is None:
         missing.append("PostLabelingDelay")
     else:
         metadata["PostLabelingDelay"] = delay

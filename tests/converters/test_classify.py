@@ -177,6 +177,10 @@ def test_asl_fields_trust_only_a_plausible_volume_order() -> None:
     for bad, volumes in [(("LABEL", "M_ZERO_SCAN", "CONTROL"), 3), (("LABEL", "LABEL"), 2), (contexts, 6)]:
         missing = asl_fields(AslHeaders(bad, "PSEUDOCONTINUOUS", protocol), sidecar, volumes)
         assert isinstance(missing, list) and "M0Type" in missing
+    multi_delay = asl_fields(
+        AslHeaders(contexts, "PSEUDOCONTINUOUS", {**protocol, "sAsl.ulDelayArraySize": "4"}, "NO"), sidecar, 5
+    )
+    assert isinstance(multi_delay, list) and "multi-delay" in multi_delay[0]
     # No Siemens protocol: the fields only it records are named as missing.
     missing = asl_fields(AslHeaders(contexts, "PSEUDOCONTINUOUS"), sidecar, 5)
     assert missing == ["PostLabelingDelay", "LabelingDuration", "BackgroundSuppression", "RepetitionTimePreparation"]
