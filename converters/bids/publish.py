@@ -600,10 +600,15 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
             if base is None and len(request.series.study_date) == 8 and request.series.study_date.isdigit():
                 base = request.series.study_date
             if session is None:
-                studies = _study_keys(request.subject, manifests)
-                studies[request.series.study_uid] = StudyKey(request.series.study_uid, base, request.series.study_time)
+                # Labels follow from the studies that have files once this series is in (a skipped
+                # series adds nothing, and may take the last file of its study away).
+                others = {k: m for k, m in manifests.items() if k != uid}
+                studies = _study_keys(request.subject, others)
+                key = StudyKey(request.series.study_uid, base, request.series.study_time)
+                if request.images:
+                    studies.setdefault(key.study_uid, key)
                 labels = resolve_sessions(studies)
-                session = labels[request.series.study_uid]
+                session = labels.get(key.study_uid) or resolve_sessions({**studies, key.study_uid: key})[key.study_uid]
                 for study_uid, label in sorted(labels.items()):
                     current = {
                         m.session

@@ -241,3 +241,14 @@ def test_renames_never_overwrite_and_break_cycles(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no series owns"):
         _rename_all(tmp_path, [("e", "a")])
     assert (tmp_path / "a").read_text() == "C" and (tmp_path / "e").read_text() == "E"
+
+
+def test_a_study_with_nothing_placed_takes_no_session_label(xa30: Path, tmp_path: Path) -> None:
+    report = sorted(series_dir(xa30, 99).iterdir())[0]
+    early_report = _copy_as_new_study(report, tmp_path / "report", "080000")
+    for order in ([early_report, series_dir(xa30, 5)], [series_dir(xa30, 5), early_report]):
+        root = tmp_path / f"bids{order[0].name}"
+        results = [convert_series(folder, root) for folder in order]
+        t1 = next(r for r in results if r.state == "converted")
+        # The report's study is earlier that day but has no files: the T1w keeps the plain date.
+        assert series_outputs(root, t1.series_uid)[1].startswith(f"{SUB}/ses-20220711/anat/")
