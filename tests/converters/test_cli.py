@@ -71,3 +71,21 @@ def test_register_adds_the_subcommand_with_a_handler() -> None:
         None,
     )
     assert callable(args.handler)
+
+
+def test_convert_with_a_subject_map_and_without_demographics(xa30: Path, tmp_path: Path) -> None:
+    tree = _tree(xa30, tmp_path, [5])
+    table = tmp_path / "map.tsv"
+    table.write_text("12343@hucheng\tP001\n")
+    bids = tmp_path / "bids"
+    assert main(["convert", str(tree), str(bids), "--subject-map", str(table), "--no-demographics"]) == 0
+    assert (bids / "sub-P001/ses-20220711/anat/sub-P001_ses-20220711_acq-tfl_T1w.nii.gz").is_file()
+    assert (bids / "participants.tsv").read_text() == "participant_id\nsub-P001\n"
+    key = tmp_path / "site.key"
+    key.write_bytes(b"0123456789abcdef0123456789abcdef\n")
+    hashed = tmp_path / "hashed"
+    assert main(["convert", str(tree), str(hashed), "--pseudonym-key-file", str(key)]) == 0
+    (subject,) = [p.name for p in hashed.glob("sub-*")]
+    assert len(subject) == len("sub-") + 12 and "hucheng" not in subject
+    table.write_text("someone-else\tP002\n")
+    assert main(["convert", str(tree), str(tmp_path / "refused"), "--subject-map", str(table)]) == 1
