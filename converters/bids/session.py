@@ -8,6 +8,8 @@ dataset ends up the same as after a sequential conversion:
   numbered ``run-1``, ``run-2``, ... in acquisition order (AcquisitionDateTime, then
   SeriesNumber, then SeriesInstanceUID); a name used once keeps the run its series asked for
   (a ReproIn ``run-1``) or none;
+- **magnitude/phase pairs**: a magnitude image whose phase came as a separate series
+  (``part-phase``) is named ``part-mag``;
 - **GRE field-map sets**: a magnitude series and the phase series acquired right after it with
   the same echo times (Siemens writes them as two series) form one set and share one run;
 - **field-map links**: each raw ``func``/``dwi``/``perf`` image gets ``B0FieldSource`` naming the
@@ -150,6 +152,30 @@ def _units(entries: Sequence[SeriesEntry]) -> list[list[SeriesEntry]]:
     return units
 
 
+def _with_magnitude_parts(entries: Sequence[SeriesEntry]) -> list[SeriesEntry]:
+    """A magnitude image whose phase came as another series (``part-phase``) becomes ``part-mag``."""
+
+    def key(image: ImageRecord) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        rest = tuple(sorted((k, v) for k, v in image.entities.items() if k not in ("run", "part")))
+        return image.datatype, image.suffix, rest
+
+    phased = {key(i) for e in entries for i in e.images if i.entities.get("part") == "phase"}
+    if not phased:
+        return list(entries)
+    return [
+        replace(
+            entry,
+            images=tuple(
+                replace(image, entities={**image.entities, "part": "mag"})
+                if "part" not in image.entities and key(image) in phased
+                else image
+                for image in entry.images
+            ),
+        )
+        for entry in entries
+    ]
+
+
 def layout(
     subject: str, session: str | None, entries: Sequence[SeriesEntry], foreign: Callable[[str], bool]
 ) -> dict[str, list[Slot]]:
@@ -158,7 +184,7 @@ def layout(
     ``foreign(path)`` says whether a path is taken by a file no series owns (it is never
     overwritten: the unit moves to the next free run).
     """
-    units = _units(entries)
+    units = _units(_with_magnitude_parts(entries))
     # Units that share any base name are repeats of one another (union-find over names).
     parent = list(range(len(units)))
 

@@ -83,3 +83,14 @@ def test_a_taken_path_moves_the_unit_to_a_free_run() -> None:
     taken = "sub-01/ses-A/anat/sub-01_ses-A_T1w.nii.gz"
     slots = layout("01", "A", entries, lambda path: path == taken)
     assert slots["t1"][0].paths[".nii.gz"] == "sub-01/ses-A/anat/sub-01_ses-A_run-2_T1w.nii.gz"
+
+
+def test_a_magnitude_with_a_separate_phase_series_becomes_part_mag() -> None:
+    entries = [
+        _entry("mag", "10:00:00", _image("anat", "T2starw")),
+        _entry("phase", "10:00:01", _image("anat", "T2starw", part="phase")),
+    ]
+    assert _names(entries) == {
+        "mag": ["sub-01_ses-A_part-mag_T2starw.nii.gz"],
+        "phase": ["sub-01_ses-A_part-phase_T2starw.nii.gz"],
+    }
