@@ -94,7 +94,8 @@ def _stage(staging: Path, placements: Sequence[Placement]) -> tuple[StagedImage,
             files[".bvec"] = image.bvec
         elif image.bval or image.bvec:
             logger.info("%s: b-values left out, %s/%s does not take them", image.nifti, target.datatype, target.suffix)
-        staged.append(StagedImage(files=files, target=target, echo_times=_echo_times(placement)))
+        variant = (str(image.metadata.get("MRAcquisitionType", "")), str(image.metadata.get("SequenceName", "")))
+        staged.append(StagedImage(files=files, target=target, echo_times=_echo_times(placement), variant=variant))
     return tuple(staged)
 
 

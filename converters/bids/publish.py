@@ -160,6 +160,8 @@ class StagedImage:
     target: BidsTarget
     #: Echo times (s) of a GRE field-map image, to pair magnitude and phase series.
     echo_times: tuple[float, ...] = ()
+    #: (MRAcquisitionType, SequenceName): see :class:`ImageRecord`.
+    variant: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -641,6 +643,7 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                             entities=dict(image.target.entities),
                             extensions=tuple(sorted(image.files, key=_EXTENSION_ORDER.index)),
                             echo_times=image.echo_times,
+                            variant=image.variant,
                         )
                         for image in request.images
                     ),

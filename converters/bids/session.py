@@ -4,10 +4,12 @@ Whatever order series arrive in (plugin workers run in parallel), the final name
 cross-series sidecar fields of a session are computed from all its series at once, so the
 dataset ends up the same as after a sequential conversion:
 
-- **true repeats** — series whose images would get the same name (apart from ``run``) — are
-  numbered ``run-1``, ``run-2``, ... in acquisition order (AcquisitionDateTime, then
-  SeriesNumber, then SeriesInstanceUID); a name used once keeps the run its series asked for
-  (a ReproIn ``run-1``) or none;
+- series whose images would get the same name (apart from ``run``) but are **different
+  protocols** (MRAcquisitionType, else SequenceName differ) are told apart by
+  ``acq-<that value>``; **true repeats** of one protocol are numbered ``run-1``,
+  ``run-2``, ... in acquisition order (AcquisitionDateTime, then SeriesNumber, then
+  SeriesInstanceUID); a name used once keeps the run its series asked for (a ReproIn ``run-1``)
+  or none;
 - **magnitude/phase pairs**: a magnitude image whose phase came as a separate series
   (``part-phase``) is named ``part-mag``;
 - **GRE field-map sets**: a magnitude series and the phase series acquired right after it with
@@ -24,7 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from converters.bids.naming import relative_path, session_prefix
+from converters.bids.naming import relative_path, sanitize_label, session_prefix
+from converters.errors import LabelError
 from converters.records import BidsTarget
 
 __all__ = [
@@ -59,9 +62,14 @@ class ImageRecord:
     extensions: tuple[str, ...] = ()
     #: Echo times (s) a GRE field-map image stems from, to pair magnitude and phase series.
     echo_times: tuple[float, ...] = ()
+    #: What makes two acquisitions the same protocol: (MRAcquisitionType, SequenceName).
+    #: Clashing series that differ here are told apart by ``acq``, not ``run``.
+    variant: tuple[str, ...] = ()
 
-    def target(self, run: str | None) -> BidsTarget:
+    def target(self, run: str | None, acq: str | None = None) -> BidsTarget:
         entities = {k: v for k, v in self.entities.items() if k != "run"}
+        if acq is not None:
+            entities["acq"] = acq
         if run is not None:
             entities["run"] = run
         return BidsTarget(self.datatype, self.suffix, entities)
@@ -73,6 +81,7 @@ class ImageRecord:
             "entities": dict(self.entities),
             "extensions": list(self.extensions),
             "echo_times": list(self.echo_times),
+            "variant": list(self.variant),
         }
 
     @classmethod
@@ -83,6 +92,7 @@ class ImageRecord:
             entities={str(k): str(v) for k, v in data["entities"].items()},
             extensions=tuple(str(e) for e in data["extensions"]),
             echo_times=tuple(float(t) for t in data.get("echo_times", ())),
+            variant=tuple(str(v) for v in data.get("variant", ())),
         )
 
 
@@ -210,34 +220,70 @@ def layout(
     slots: dict[str, list[Slot]] = {}
     for members in groups.values():
         members.sort(key=lambda i: units[i][0].order)
-        for position, index in enumerate(members, start=1):
-            unit = units[index]
-            if len(members) == 1:
-                runs = {i.entities.get("run") for e in unit for i in e.images}
-                run = runs.pop() if len(runs) == 1 else None
-            else:
-                run = str(position)
-            attempt = 0
-            while True:
-                candidate = run if attempt == 0 else str((int(run) if run else 1) + attempt)
-                placed = {
-                    entry.series_uid: [
-                        Slot(
-                            image.target(candidate),
-                            {
-                                ext: file_path(subject, session, image.target(candidate), ext)
-                                for ext in image.extensions
-                            },
-                        )
-                        for image in entry.images
-                    ]
-                    for entry in unit
-                }
-                if not any(foreign(p) for images in placed.values() for slot in images for p in slot.paths.values()):
-                    break
-                attempt += 1
-            slots.update(placed)
+        for acq, repeats in _by_protocol([units[i] for i in members]):
+            for position, unit in enumerate(repeats, start=1):
+                if len(repeats) == 1:
+                    runs = {i.entities.get("run") for e in unit for i in e.images}
+                    run = runs.pop() if len(runs) == 1 else None
+                else:
+                    run = str(position)
+                slots.update(_place(subject, session=session, unit=unit, run=run, acq=acq, foreign=foreign))
     return slots
+
+
+def _variant(unit: Sequence[SeriesEntry]) -> tuple[str, ...]:
+    return next((image.variant for entry in unit for image in entry.images if image.variant), ())
+
+
+def _by_protocol(units: list[list[SeriesEntry]]) -> list[tuple[str | None, list[list[SeriesEntry]]]]:
+    """Split clashing units (in acquisition order) into true repeats of one protocol, each group
+    with the ``acq`` label that tells it from the others (None when all are one protocol, or when
+    no header field tells them apart, or a name already has ``acq``)."""
+    variants: dict[tuple[str, ...], list[list[SeriesEntry]]] = {}
+    for unit in units:
+        variants.setdefault(_variant(unit), []).append(unit)
+    has_acq = any("acq" in image.entities for unit in units for entry in unit for image in entry.images)
+    if len(variants) < 2 or has_acq or () in variants:
+        return [(None, units)]
+    for field_index in range(2):  # MRAcquisitionType, SequenceName
+        labels: dict[tuple[str, ...], str] = {}
+        for variant in variants:
+            try:
+                text = variant[field_index] if len(variant) > field_index else ""
+                labels[variant] = sanitize_label(text).lower() if field_index == 0 else sanitize_label(text)
+            except LabelError:
+                break
+        if len(labels) == len(variants) and len(set(labels.values())) == len(variants):
+            return [(labels[variant], found) for variant, found in variants.items()]
+    return [(None, units)]
+
+
+def _place(
+    subject: str,
+    *,
+    session: str | None,
+    unit: Sequence[SeriesEntry],
+    run: str | None,
+    acq: str | None,
+    foreign: Callable[[str], bool],
+) -> dict[str, list[Slot]]:
+    """Slots of one unit; a name taken by a foreign file moves the unit to the next free run."""
+    attempt = 0
+    while True:
+        candidate = run if attempt == 0 else str((int(run) if run else 1) + attempt)
+        placed = {
+            entry.series_uid: [
+                Slot(
+                    image.target(candidate, acq),
+                    {ext: file_path(subject, session, image.target(candidate, acq), ext) for ext in image.extensions},
+                )
+                for image in entry.images
+            ]
+            for entry in unit
+        }
+        if not any(foreign(p) for images in placed.values() for slot in images for p in slot.paths.values()):
+            return placed
+        attempt += 1
 
 
 def _uri(path: str) -> str:

@@ -35,20 +35,22 @@ EXPECTED: dict[str, dict[tuple[int, str], list[str]]] = {
             "sub-ANON2339/ses-19700101/fmap/sub-ANON2339_ses-19700101_fieldmap",
             "sub-ANON2339/ses-19700101/fmap/sub-ANON2339_ses-19700101_magnitude",
         ],
+        # Two different B0-map sequences (2D and 3D) of one session: told apart by acq, not run.
         (2, "B0Map (GRE)"): [
-            "sub-geservice/ses-20201008/fmap/sub-geservice_ses-20201008_run-1_fieldmap",
-            "sub-geservice/ses-20201008/fmap/sub-geservice_ses-20201008_run-1_magnitude",
+            "sub-geservice/ses-20201008/fmap/sub-geservice_ses-20201008_acq-2d_fieldmap",
+            "sub-geservice/ses-20201008/fmap/sub-geservice_ses-20201008_acq-2d_magnitude",
         ],
         (3, "3DB0Map"): [
-            "sub-geservice/ses-20201008/fmap/sub-geservice_ses-20201008_run-2_fieldmap",
-            "sub-geservice/ses-20201008/fmap/sub-geservice_ses-20201008_run-2_magnitude",
+            "sub-geservice/ses-20201008/fmap/sub-geservice_ses-20201008_acq-3d_fieldmap",
+            "sub-geservice/ses-20201008/fmap/sub-geservice_ses-20201008_acq-3d_magnitude",
         ],
         # Philips: the same in one enhanced file.
         (801, "B0 NS"): [
             "sub-ROGERS20180526/ses-20180526/fmap/sub-ROGERS20180526_ses-20180526_fieldmap",
             "sub-ROGERS20180526/ses-20180526/fmap/sub-ROGERS20180526_ses-20180526_magnitude",
         ],
-        # Siemens: magnitude and phase-difference series paired into two sets, in acquisition order.
+        # Siemens: magnitude and phase-difference series paired into two sets of one protocol
+        # (same sequence): true repeats, numbered in acquisition order.
         (2, "gre_field_magph"): [
             "sub-crlab/ses-20210715/fmap/sub-crlab_ses-20210715_run-1_magnitude1",
             "sub-crlab/ses-20210715/fmap/sub-crlab_ses-20210715_run-1_magnitude2",

@@ -94,3 +94,19 @@ def test_a_magnitude_with_a_separate_phase_series_becomes_part_mag() -> None:
         "mag": ["sub-01_ses-A_part-mag_T2starw.nii.gz"],
         "phase": ["sub-01_ses-A_part-phase_T2starw.nii.gz"],
     }
+
+
+def test_clashing_series_of_different_protocols_get_acq_not_run() -> None:
+    def t1(uid: str, time: str, variant: tuple[str, ...]) -> SeriesEntry:
+        return _entry(uid, time, ImageRecord("anat", "T1w", {}, EXT, (), variant))
+
+    entries = [
+        t1("mprage", "10:00:00", ("3D", "*tfl3d1_16ns")),
+        t1("space", "10:10:00", ("3D", "*spc_314ns")),
+        t1("mprage2", "10:20:00", ("3D", "*tfl3d1_16ns")),
+    ]
+    assert _names(entries) == {
+        "mprage": ["sub-01_ses-A_acq-tfl3d116ns_run-1_T1w.nii.gz"],
+        "mprage2": ["sub-01_ses-A_acq-tfl3d116ns_run-2_T1w.nii.gz"],
+        "space": ["sub-01_ses-A_acq-spc314ns_T1w.nii.gz"],
+    }
