@@ -163,6 +163,18 @@ def default_python() -> Path:
     return Path("/usr/bin/python3")
 
 
+def _check_destinations(destinations: dict[str, Any]) -> None:
+    """Validate XNAT destinations now (their secrets must be readable), so a typo stops start-up."""
+    from xnat_container import XnatError, parse_destinations  # noqa: PLC0415 - only when configured
+
+    if not destinations:
+        return
+    try:
+        parse_destinations(destinations)
+    except (ValueError, XnatError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
     """Validate Orthanc's whole configuration (as JSON) and return the plugin's settings."""
     section = orthanc_config.get(SECTION)
@@ -218,6 +230,7 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
     destinations = section.get("Destinations", {})
     if not isinstance(destinations, dict):
         raise ConfigError(f"{_key('Destinations')} must be a JSON object of alias -> server settings")
+    _check_destinations(destinations)
 
     return PluginConfig(
         enabled=_bool(section, "Enabled", True),

@@ -74,6 +74,10 @@ class EmbeddedOrthanc:
     workers: int | None = None
     plugin_enabled: bool = True
     bidsbridge: dict[str, Any] = field(default_factory=dict)
+    #: More calling AETs to accept C-STORE from (127.0.0.1 only).
+    calling_aets: tuple[str, ...] = ()
+    #: Extra top-level Orthanc settings (e.g. ``OrthancPeers``), merged last.
+    orthanc: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -120,7 +124,8 @@ class EmbeddedOrthanc:
             "AuthenticationEnabled": False,
             "DicomAlwaysAllowStore": False,  # DICOM: only the loopback modalities below
             "DicomCheckModalityHost": True,
-            "DicomModalities": {aet.lower(): [aet, "127.0.0.1", 104] for aet in ACCEPTED_CALLING_AETS},
+            "DicomModalities": {aet.lower(): [aet, "127.0.0.1", 104]
+                                for aet in (*ACCEPTED_CALLING_AETS, *self.calling_aets)},
             "StableAge": self.stable_age,
             "ConcurrentJobs": 2,
             "Plugins": [str(find_python_plugin())],
@@ -128,6 +133,7 @@ class EmbeddedOrthanc:
             "PythonVerbose": False,
             "BidsBridge": section,
         }
+        config.update(self.orthanc)
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(config, indent=2))
         os.replace(tmp, self.config_path)

@@ -20,6 +20,7 @@ Standard library only: this module also runs inside Orthanc's interpreter.
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import threading
 import time
@@ -33,6 +34,8 @@ __all__ = ["TERMINAL_STATES", "Job", "JobQueue", "JobState"]
 
 JobState = Literal["queued", "running", "done", "skipped", "failed"]
 TERMINAL_STATES: frozenset[str] = frozenset({"done", "skipped", "failed"})
+#: Longest wait between two attempts of a job, seconds.
+MAX_BACKOFF = 300.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -168,7 +171,7 @@ class JobQueue:
     # -- producers -------------------------------------------------------------------------
 
     def enqueue(self, series: str, trigger: str, *, kind: str = "convert",
-                params: dict[str, Any] | None = None) -> int:
+                params: dict[str, Any] | None = None, max_attempts: int | None = None) -> int:
         """Queue a job for ``series`` unless the same one is already queued; return the job id."""
         now = time.time()
         encoded = json.dumps(params or {}, sort_keys=True)
@@ -184,7 +187,7 @@ class JobQueue:
             cursor = db.execute(
                 "INSERT INTO jobs (series, kind, trigger, state, max_attempts, params, created_at, updated_at)"
                 " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (series, kind, trigger, self.max_attempts, encoded, now, now),
+                (series, kind, trigger, max_attempts or self.max_attempts, encoded, now, now),
             )
             return int(cursor.lastrowid or 0)
 
@@ -249,7 +252,8 @@ class JobQueue:
                 return "failed"
             exhausted = permanent or row["attempts"] >= row["max_attempts"]
             state: JobState = "failed" if exhausted else "queued"
-            delay = min(60.0, 2.0 ** row["attempts"])
+            # Exponential backoff with jitter (so retries of many jobs do not arrive in step).
+            delay = min(MAX_BACKOFF, 2.0 ** row["attempts"]) * random.uniform(0.75, 1.0)
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, result = ?, worker_pid = NULL, not_before = ?,"
                 " finished_at = ?, updated_at = ? WHERE id = ?",

@@ -25,6 +25,7 @@ import orthanc
 from .config import ConfigError, PluginConfig, parse_config
 from .job_queue import JobQueue
 from .routes import Response, Routes
+from .routing_stage import publish_snapshot
 from .rules import CheckContext, RulesError, RulesHolder
 from .supervisor import Supervisor
 from .worker_settings import WorkerSettings
@@ -99,6 +100,7 @@ class BidsBridgePlugin:
                 rules_path=None if config.rules_path is None else str(config.rules_path),
                 datasets={name: str(root) for name, root in config.dataset_roots().items()},
                 rules_context=context,
+                destinations=config.destinations,
             ),
             queue=self.queue,
             workers=config.workers,
@@ -133,10 +135,21 @@ class BidsBridgePlugin:
         resumed = self.queue.requeue_worker(None, "Orthanc restarted during the job", count_attempt=False)
         if resumed:
             logger.warning("resuming %d job(s) left running when Orthanc stopped: %s", len(resumed), resumed)
+        self._published = publish_snapshot(self.rules, self.config.state_dir, None)  # before the workers
         self.supervisor.start()
         self.rules.start()
+        threading.Thread(target=self._publish_rules, name="bidsbridge-rules", daemon=True).start()
         threading.Thread(target=self._catch_up, name="bidsbridge-catch-up", daemon=True).start()
         logger.warning("started %d worker(s); BIDS dataset at %s", self.config.workers, self.config.bids_root)
+
+    def _publish_rules(self) -> None:
+        """Hand every rules edit the holder accepted to the workers (a snapshot in the state dir)."""
+        while self._started:
+            try:
+                self._published = publish_snapshot(self.rules, self.config.state_dir, self._published)
+            except OSError:
+                logger.exception("cannot publish the accepted rules to the workers")
+            time.sleep(1.0)
 
     def stop(self) -> None:
         if not self._started:

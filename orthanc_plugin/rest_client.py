@@ -77,6 +77,9 @@ class OrthancRestClient:
             raise OrthancError(f"Orthanc answered {response.status_code} to POST {path}: {response.text[:200]}")
         return response.json()
 
+    def get_bytes(self, path: str) -> bytes:
+        return self._get(path).content
+
     def get_json(self, path: str) -> Any:
         return self._get(path).json()
 

@@ -2,22 +2,38 @@
 
 The decision is taken in the worker, at job time, from the series' facts as Orthanc has them
 (the first instance's tags and its reception metadata: calling AET, called AET, remote IP), with
-the rules file the worker keeps reloaded.  Forwards are sent as asynchronous Orthanc jobs and
+the rules the plugin accepted: the plugin checks every edit of the admin's file and publishes
+the accepted bytes as a snapshot in the state directory (:func:`publish_snapshot`); workers read
+only that snapshot (:class:`RulesSnapshot`), so a worker never runs rules the plugin refused,
+whenever it starts.  Forwards are sent as asynchronous Orthanc jobs and
 followed to their end; a failed forward fails the attempt, so the durable queue retries it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .rest_client import OrthancError, OrthancRestClient
-from .rules import CheckContext, Decision, RulesError, RulesHolder, SeriesFacts, evaluate, facts_from_orthanc
+from .rules import (
+    CheckContext,
+    Decision,
+    RulesError,
+    RuleSet,
+    RulesHolder,
+    SeriesFacts,
+    evaluate,
+    facts_from_orthanc,
+    load_default_rules,
+    parse_rules,
+)
 
-__all__ = ["ForwardError", "RulesError", "SeriesInfo", "decide", "fetch_series_info", "forward", "open_rules"]
+__all__ = ["ForwardError", "RulesSnapshot", "SeriesInfo", "decide", "fetch_series_info", "forward", "publish_snapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +51,45 @@ class SeriesInfo:
     instance_count: int
 
 
-def open_rules(path: str | None, context: dict[str, Any] | None) -> RulesHolder:
-    """The worker's rules holder; raises :class:`RulesError` if the file is invalid right now."""
-    check = CheckContext.from_orthanc_config(context or {})
-    return RulesHolder(None if path is None else Path(path), context=check)
+SNAPSHOT_NAME = "rules-active.yaml"
+
+
+def publish_snapshot(holder: RulesHolder, state_dir: Path, published: str | None) -> str | None:
+    """Write the plugin's active rules file bytes to the snapshot when they changed; return the digest."""
+    status = holder.status()
+    if holder.path is None or status.digest == published:
+        return published
+    data = holder.path.read_bytes()
+    if "sha256:" + hashlib.sha256(data).hexdigest() != status.digest:
+        return published  # edited again since it was loaded: the holder will reload, publish then
+    tmp = state_dir / f".{SNAPSHOT_NAME}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, state_dir / SNAPSHOT_NAME)
+    return status.digest
+
+
+class RulesSnapshot:
+    """The worker's view of the accepted rules (re-read when the plugin publishes a new snapshot)."""
+
+    def __init__(self, state_dir: Path, source: str | None, context: dict[str, Any] | None) -> None:
+        self.path = None if source is None else state_dir / SNAPSHOT_NAME
+        self.source = source or "(default rules)"
+        self.context = CheckContext.from_orthanc_config(context or {})
+        self._stamp: tuple[int, int] | None = None
+        self._rules: RuleSet = load_default_rules()
+
+    @property
+    def rules(self) -> RuleSet:
+        if self.path is None:
+            return self._rules
+        stat = self.path.stat()  # the plugin writes it before starting the workers
+        if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+            try:
+                self._rules, _ = parse_rules(self.path.read_bytes(), self.source, self.context)
+                self._stamp = (stat.st_mtime_ns, stat.st_size)
+            except RulesError as exc:  # cannot happen for a snapshot the plugin accepted; keep the old rules
+                logger.error("rules snapshot unreadable, previous rules kept: %s", exc)
+        return self._rules
 
 
 def fetch_series_info(client: OrthancRestClient, series_id: str) -> SeriesInfo:
@@ -53,9 +104,8 @@ def fetch_series_info(client: OrthancRestClient, series_id: str) -> SeriesInfo:
     return SeriesInfo(facts, tags, len(instances))
 
 
-def decide(holder: RulesHolder, info: SeriesInfo) -> Decision:
-    holder.poll()  # pick up an edited rules file; a broken one is refused and the old rules stay
-    return evaluate(holder.rules, info.facts)
+def decide(rules: RulesSnapshot, info: SeriesInfo) -> Decision:
+    return evaluate(rules.rules, info.facts)
 
 
 def forward(client: OrthancRestClient, series_id: str, kind: str, target: str) -> dict[str, Any]:

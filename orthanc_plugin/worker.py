@@ -36,9 +36,9 @@ from .derive_stage import (
     sop_class_of,
 )
 from .job_queue import Job, JobQueue
+from .push_stage import PushFailed, push
 from .rest_client import OrthancError, OrthancRestClient, SeriesNotFound
-from .routing_stage import RulesError, decide, fetch_series_info, forward, open_rules
-from .rules import RulesHolder
+from .routing_stage import RulesSnapshot, decide, fetch_series_info, forward
 from .worker_settings import AUTH_ENV, WorkerSettings
 
 __all__ = ["main", "run_job"]
@@ -57,7 +57,7 @@ def _datasets(settings: WorkerSettings) -> dict[str, Path]:
 
 
 def _convert(job: Job, scratch: Path, settings: WorkerSettings, client: OrthancRestClient,
-             holder: RulesHolder) -> tuple[str, list[str], dict[str, Any], str | None]:
+             holder: RulesSnapshot, *, queue: JobQueue) -> tuple[str, list[str], dict[str, Any], str | None]:
     """(state, outputs, result record, reason) of a convert job: rules, conversion, derivations, forwards."""
     dicom_dir = scratch / "dicom"
     info = fetch_series_info(client, job.series)
@@ -68,7 +68,13 @@ def _convert(job: Job, scratch: Path, settings: WorkerSettings, client: OrthancR
         # SEG / Parametric Map from elsewhere: NIfTI into the derivatives of the series it refers to.
         files = client.download_series(job.series, dicom_dir)
         reverse = reverse_convert(files, bids_root, wait_for_source=job.attempts < job.max_attempts)
-        reverse_record: dict[str, Any] = {"reverse": reverse.to_dict() if reverse else None}
+        reverse_record: dict[str, Any] = {
+            "reverse": reverse.to_dict() if reverse else None,
+            "series_uid": str(info.tags.get("SeriesInstanceUID", "")),
+            "series_description": str(info.tags.get("SeriesDescription", "")),
+            "state": "converted" if reverse and reverse.outputs else "skipped",
+            "outputs": list(reverse.outputs) if reverse else [],
+        }
         if reverse is None or not reverse.outputs:
             return "skipped", [], reverse_record, "; ".join(reverse.notes if reverse else ()) or "nothing to convert"
         return "done", list(reverse.outputs), reverse_record, None
@@ -112,18 +118,38 @@ def _convert(job: Job, scratch: Path, settings: WorkerSettings, client: OrthancR
                    | set(job.params.get("derive", [])))
     derived: dict[str, Any] = {}
     first_root = roots[decision.converts[0].dataset]
+    problems: list[str] = []
     for name in names:
         try:
             outcome = derive(name, dicom_dir, first_root, result.series_uid, client)
-        except DicomInputError as exc:  # e.g. no b = 0: the series is converted, the derivation cannot be
-            record["derived"] = {**derived, name: {"error": str(exc)}}
-            raise _Permanent(f"converted, but derivation {name!r} failed: {exc}") from exc
+        except DicomInputError as exc:
+            # Not derivable from this series (no diffusion data, no b = 0, ...): the conversion stands,
+            # the reason is recorded on the job.
+            derived[name] = {"error": str(exc)}
+            problems.append(f"derivation {name!r} not made: {exc}")
+            continue
         derived[name] = outcome.to_dict()
         outputs += outcome.outputs
     if derived:
         record["derived"] = derived
+    if result.state == "converted":
+        pushes = []
+        for target in decision.pushes:
+            converted_in = decision.converts[0]
+            params = {
+                "server": target.server, "project": target.project, "subject": target.subject,
+                "session": target.session,
+                "dataset_root": str(roots[converted_in.dataset]), "series_uid": result.series_uid,
+                "bids_subject": result.subject, "bids_session": result.session, "outputs": list(result.outputs),
+                "derived_instances": [i for d in derived.values() for i in d.get("orthanc_instances", [])],
+            }
+            pushes.append(queue.enqueue(job.series, "rule", kind="push", params=params,
+                                        max_attempts=settings.push_attempts))
+        if pushes:
+            record["push_jobs"] = pushes
     state = "done" if result.state == "converted" or derived else "skipped"
-    return state, outputs, record, result.reason if state == "skipped" else None
+    why = result.reason if state == "skipped" else None
+    return state, outputs, record, "; ".join(problems) or why
 
 
 def _segment(job: Job, dicom_dir: Path, settings: WorkerSettings,
@@ -142,15 +168,24 @@ def _segment(job: Job, dicom_dir: Path, settings: WorkerSettings,
 
 
 def run_job(job: Job, queue: JobQueue, client: OrthancRestClient, settings: WorkerSettings,
-            holder: RulesHolder) -> None:
+            holder: RulesSnapshot) -> None:
     """Carry one claimed job to an end state (see the module's contract)."""
     scratch = Path(tempfile.mkdtemp(prefix=f"job{job.id}-", dir=Path(settings.state_dir) / "tmp"))
     try:
+        if job.kind == "push":
+            try:
+                report = push(job.params, settings.destinations, client)
+            except PushFailed as exc:
+                if not exc.retryable:
+                    raise _Permanent(str(exc)) from exc
+                raise RuntimeError(str(exc)) from exc
+            queue.finish(job.id, "done", outputs=job.params.get("outputs", []), result={"push": report})
+            return
         if job.kind == "segment":
             client.download_series(job.series, scratch / "dicom")
             state, outputs, record, reason = _segment(job, scratch / "dicom", settings, client)
         else:
-            state, outputs, record, reason = _convert(job, scratch, settings, client, holder)
+            state, outputs, record, reason = _convert(job, scratch, settings, client, holder, queue=queue)
         queue.finish(job.id, "done" if state == "done" else "skipped", outputs=outputs, result=record, reason=reason)
     except SeriesNotFound:
         queue.fail_attempt(job.id, f"series {job.series} no longer exists in Orthanc", permanent=True)
@@ -176,16 +211,6 @@ def _client(settings: WorkerSettings) -> OrthancRestClient:
     )
 
 
-def _rules(settings: WorkerSettings) -> RulesHolder:
-    """The rules holder; while the file is invalid at start, wait for a fix rather than crash-loop."""
-    while True:
-        try:
-            return open_rules(settings.rules_path, settings.rules_context)
-        except RulesError as exc:
-            logger.error("rules file refused, waiting for a valid one: %s", exc)
-            time.sleep(5)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orthanc_plugin.worker")
     parser.add_argument("settings", type=Path)
@@ -198,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     (Path(settings.state_dir) / "tmp").mkdir(parents=True, exist_ok=True)
     queue = JobQueue(Path(settings.state_dir), max_attempts=settings.max_attempts)
     client = _client(settings)
-    holder = _rules(settings)
+    holder = RulesSnapshot(Path(settings.state_dir), settings.rules_path, settings.rules_context)
     parent = os.getppid()
     stopping = False
 

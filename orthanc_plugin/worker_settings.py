@@ -33,6 +33,9 @@ class WorkerSettings:
     #: What the rule checks need to know of Orthanc's configuration (names only, no secrets):
     #: ``{"BidsBridge": {"Destinations": ..., "Datasets": ...}, "DicomModalities": ..., "OrthancPeers": ...}``.
     rules_context: dict[str, Any] | None = None
+    #: ``BidsBridge.Destinations`` as configured (credentials are only named there, never held).
+    destinations: dict[str, Any] | None = None
+    push_attempts: int = 12
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
