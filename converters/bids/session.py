@@ -218,16 +218,23 @@ def layout(
         groups.setdefault(find(index), []).append(index)
 
     slots: dict[str, list[Slot]] = {}
+    claimed: set[str] = set()  # never two units on one path, whatever acq/run gave
+
+    def taken(path: str) -> bool:
+        return path in claimed or foreign(path)
+
     for members in groups.values():
         members.sort(key=lambda i: units[i][0].order)
-        for acq, repeats in _by_protocol([units[i] for i in members]):
+        for acq, repeats in _by_protocol([units[i] for i in members], set(owner)):
             for position, unit in enumerate(repeats, start=1):
                 if len(repeats) == 1:
                     runs = {i.entities.get("run") for e in unit for i in e.images}
                     run = runs.pop() if len(runs) == 1 else None
                 else:
                     run = str(position)
-                slots.update(_place(subject, session=session, unit=unit, run=run, acq=acq, foreign=foreign))
+                placed = _place(subject, session=session, unit=unit, run=run, acq=acq, foreign=taken)
+                claimed.update(p for found in placed.values() for slot in found for p in slot.paths.values())
+                slots.update(placed)
     return slots
 
 
@@ -235,10 +242,13 @@ def _variant(unit: Sequence[SeriesEntry]) -> tuple[str, ...]:
     return next((image.variant for entry in unit for image in entry.images if image.variant), ())
 
 
-def _by_protocol(units: list[list[SeriesEntry]]) -> list[tuple[str | None, list[list[SeriesEntry]]]]:
+def _by_protocol(
+    units: list[list[SeriesEntry]], bases: set[tuple[str, str, tuple[tuple[str, str], ...]]]
+) -> list[tuple[str | None, list[list[SeriesEntry]]]]:
     """Split clashing units (in acquisition order) into true repeats of one protocol, each group
-    with the ``acq`` label that tells it from the others (None when all are one protocol, or when
-    no header field tells them apart, or a name already has ``acq``)."""
+    with the ``acq`` label that tells it from the others (None when all are one protocol, when
+    no header field tells them apart, when a name already has ``acq``, or when the label would
+    give a name another series of the session asks for: ``bases``)."""
     variants: dict[tuple[str, ...], list[list[SeriesEntry]]] = {}
     for unit in units:
         variants.setdefault(_variant(unit), []).append(unit)
@@ -254,7 +264,15 @@ def _by_protocol(units: list[list[SeriesEntry]]) -> list[tuple[str | None, list[
             except LabelError:
                 break
         if len(labels) == len(variants) and len(set(labels.values())) == len(variants):
-            return [(labels[variant], found) for variant, found in variants.items()]
+            wanted = {
+                _base(replace(image, entities={**image.entities, "acq": labels[variant]}))
+                for variant, found in variants.items()
+                for unit in found
+                for entry in unit
+                for image in entry.images
+            }
+            if not wanted & bases:
+                return [(labels[variant], found) for variant, found in variants.items()]
     return [(None, units)]
 
 

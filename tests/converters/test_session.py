@@ -110,3 +110,17 @@ def test_clashing_series_of_different_protocols_get_acq_not_run() -> None:
         "mprage2": ["sub-01_ses-A_acq-tfl3d116ns_run-2_T1w.nii.gz"],
         "space": ["sub-01_ses-A_acq-spc314ns_T1w.nii.gz"],
     }
+
+
+def test_an_acq_label_never_lands_on_another_series_name() -> None:
+    entries = [
+        _entry("a", "10:00:00", ImageRecord("anat", "T1w", {}, EXT, (), ("2D", "x"))),
+        _entry("b", "10:10:00", ImageRecord("anat", "T1w", {}, EXT, (), ("3D", "y"))),
+        _entry("c", "10:20:00", ImageRecord("anat", "T1w", {"acq": "2d"}, EXT, (), ("2D", "z"))),
+    ]
+    # acq-2d would be c's name: the sequence names tell a and b apart instead.
+    assert _names(entries) == {
+        "a": ["sub-01_ses-A_acq-x_T1w.nii.gz"],
+        "b": ["sub-01_ses-A_acq-y_T1w.nii.gz"],
+        "c": ["sub-01_ses-A_acq-2d_T1w.nii.gz"],
+    }
