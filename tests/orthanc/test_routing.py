@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+import xnat as xnat_py
 
 from orthanc_plugin.dicom_send import send_files
 from orthanc_plugin.embedded import ORTHANC_AET
@@ -220,8 +221,50 @@ def test_results_are_pushed_to_xnat_exactly_once_through_faults_and_an_outage(
             assert record.md5 == hashlib.md5(local[Path(record.path).name].read_bytes()).hexdigest()
         experiments = xnat.inventory().experiments
         assert {e.label for e in experiments} == {"S20220711"}
+        # Listed back through xnat-py, as an XNAT user sees it: one scan per series, files intact.
+        xnat.clear_faults()
+        with xnat_py.connect(xnat.url, user="pusher", password=secret, loglevel="ERROR") as session:
+            experiment = session.projects["NEURO"].subjects["12343hucheng"].experiments["S20220711"]
+            assert experiment.__xsi_type__ == "xnat:mrSessionData"
+            assert set(experiment.scans.keys()) == {"5", "7", "10"}
+            listed = {file.path: (int(file.size), file.digest)
+                      for scan in experiment.scans.values() for file in scan.resources["NIFTI"].files.values()}
+        assert listed == {name: (path.stat().st_size, hashlib.md5(path.read_bytes()).hexdigest())
+                          for name, path in local.items()}
         harness.server.stop()
     # The password never reaches a job record or a log.
     logs = [harness.server.log_path, *harness.server.state_dir.joinpath("logs").glob("*.log")]
     assert all(secret not in p.read_text(errors="replace") for p in logs)
     assert secret not in (harness.server.state_dir / "queue.sqlite3").read_bytes().decode("latin-1")
+
+
+def test_push_without_project_access_fails_fast_and_retry_delivers_after_the_fix(
+    orthanc_factory: Callable[..., Harness], corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BB_TEST_XNAT_PASS", "another-s3cret")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_push_rules("LOCKED"))
+    with XnatEmulator(users={"pusher": "another-s3cret", "owner": "owner-pw"}, admins=()) as xnat:
+        xnat.add_project("LOCKED", owners=["owner"])  # the pusher has no role in it yet
+        harness = orthanc_factory(bidsbridge={
+            "Rules": str(rules),
+            "Destinations": {"emu": {"Url": xnat.url, "Username": "pusher", "PasswordEnv": "BB_TEST_XNAT_PASS"}},
+        })
+        harness.send([corpus / "dcm_qa_xa30" / "In" / "5_anat-T1w_acq-tfl"])
+
+        def push_job() -> dict[str, Any] | None:
+            return next((j for j in harness.jobs() if j["kind"] == "push"), None)
+
+        harness.wait_for(lambda: (push_job() or {}).get("state") == "failed", 60, "the push to fail")
+        failed = push_job()
+        assert failed is not None and failed["attempts"] == 1  # no pointless retries of a refusal
+        assert "LOCKED" in failed["error"] and "another-s3cret" not in failed["error"]
+        conversion = next(j for j in harness.jobs() if j["kind"] == "convert")
+        assert conversion["state"] == "done"
+
+        xnat.grant("LOCKED", "pusher", "member")
+        retried = requests.post(f"{harness.url}/bidsbridge/jobs/{failed['id']}/retry", timeout=10)
+        assert retried.status_code == 202 and retried.json()["state"] == "queued"
+        harness.wait_for(lambda: (push_job() or {}).get("state") == "done", 60, "the retried push")
+        assert [j["id"] for j in harness.jobs() if j["kind"] == "convert"] == [conversion["id"]]  # not redone
+        assert any(f.resource == "NIFTI" for f in xnat.inventory().files)
