@@ -269,6 +269,12 @@ def rule_non_image(facts: SeriesFacts) -> Classification | None:
     series = facts.series
     if series.has_pixels:
         return None
+    if "PHOENIX" in f"{series.series_description} {series.protocol_name}".upper():
+        return Skip(
+            f"Siemens Phoenix protocol report (Modality {series.modality or '?'}, SOP class "
+            f"{series.sop_class_uid or '?'}): a document, not an image; raw BIDS holds images only",
+            "non-image",
+        )
     return Skip(
         f"not an image (Modality {series.modality or '?'}, SOP class {series.sop_class_uid or '?'}); "
         "raw BIDS holds images only",
