@@ -1,8 +1,10 @@
 """bidsbridge converters: DICOM series -> NIfTI + JSON (dcm2niix) -> raw BIDS dataset.
 
 The pipeline runs in stages, one module each: :mod:`.discover` (find series, headers only),
-:mod:`.conversion` (dcm2niix on one series), :mod:`.classify` (where it belongs in BIDS) and
-:mod:`.bids` (names, dataset files, atomic publishing); :mod:`.pipeline` strings them together.
+:mod:`.conversion` (dcm2niix on one series), :mod:`.classify` (where it belongs in BIDS, with
+:mod:`.asl` digging ASL facts out of the headers) and :mod:`.bids` (names, session-wide runs and
+field-map links in :mod:`.bids.session`, dataset files, atomic publishing); :mod:`.labels` makes
+subject/session labels (templates, pseudonyms); :mod:`.pipeline` strings them together.
 """
 
 import logging
