@@ -441,9 +441,9 @@ def rule_fieldmap(facts: SeriesFacts) -> Classification | None:
     guess = facts.bids_guess
     sequence = str(next((i.metadata.get("SequenceName", "") for i in facts.images), ""))
     hz = any("fieldmaphz" in image.postfix.lower() for image in facts.images)
-    if not (hz or (guess is not None and guess[0] == "fmap") or re.search(r"fm\d?d\d", sequence)):
-        return None
-    if guess is not None and guess[1].endswith("_epi"):
+    # dcm2niix's fmap guess counts only for GRE suffixes (not B1 maps such as TB1TFL, nor epi).
+    gre_guess = guess is not None and guess[0] == "fmap" and guess[1].rsplit("_", 1)[-1] in GRE_FIELDMAP_SUFFIXES
+    if not (hz or gre_guess or re.search(r"fm\d?d\d", sequence)):
         return None
     return _fieldmap_target(facts, {}, "fieldmap", f"GRE field map ({_describe(facts)})")
 

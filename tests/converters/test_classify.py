@@ -262,3 +262,9 @@ def test_spin_echo_field_maps_by_name() -> None:
     assert classify(facts) == BidsTarget("fmap", "epi", {"dir": "AP"}, rule="pepolar")
     long_run = SeriesFacts(_series(series_description="topup_rest"), (_epi((64, 64, 30, 200)),))
     assert classify(long_run).rule == "bold"  # a time series, whatever its name
+
+
+def test_only_gre_field_map_guesses_count() -> None:
+    b1 = _image(BidsGuess=["fmap", "_acq-tflb1map_TB1TFL"], SequenceName="*tfl2d1_16")
+    decision = classify(SeriesFacts(_series(series_description="tfl_b1map"), (b1,)))
+    assert isinstance(decision, Skip) and "not recognised" in decision.reason
