@@ -1,4 +1,13 @@
-"""A worker process: takes jobs from the queue, fetches the series from Orthanc, converts it.
+"""A worker process: takes jobs from the queue and carries them out against Orthanc's REST API.
+
+Job kinds and their stages:
+
+* ``convert`` — the routing rules decide (:mod:`.routing_stage`); forwards run as Orthanc jobs;
+  the series is downloaded, converted into each dataset the rules name (:mod:`converters`),
+  derivations are made and stored back (:mod:`.derive_stage`), and one ``push`` job is queued per
+  XNAT destination.  A SEG or Parametric Map from another tool goes to the derivatives instead.
+* ``segment`` — a user's label map becomes a SEG of the series (``POST …/segmentations``).
+* ``push`` — delivery to XNAT (:mod:`.push_stage`), retried on its own.
 
 Started by the :mod:`~orthanc_plugin.supervisor` as ``python -m orthanc_plugin.worker SETTINGS``
 with an explicit interpreter (never forked from Orthanc).  ``SETTINGS`` is a JSON file holding a
