@@ -319,7 +319,9 @@ def _fieldmap_groups(entries: Sequence[SeriesEntry]) -> list[list[SeriesEntry]]:
     groups: list[list[SeriesEntry]] = []
     for unit in _units(entries):
         if _is_gre(unit[0]):
-            groups.append(unit)
+            suffixes = {image.suffix for entry in unit for image in entry.images}
+            if "phasediff" in suffixes or "fieldmap" in suffixes or {"phase1", "phase2"} <= suffixes:
+                groups.append(unit)  # magnitudes alone estimate nothing
         elif _is_pepolar(unit[0]):
             entry = unit[0]
             key = {k: v for i in entry.images for k, v in i.entities.items() if k not in ("dir", "run")}

@@ -124,3 +124,9 @@ def test_an_acq_label_never_lands_on_another_series_name() -> None:
         "b": ["sub-01_ses-A_acq-y_T1w.nii.gz"],
         "c": ["sub-01_ses-A_acq-2d_T1w.nii.gz"],
     }
+
+
+def test_magnitudes_without_a_phase_are_not_a_field_map() -> None:
+    entries = [SESSION[3], SESSION[5]]  # magnitudes, then a BOLD run
+    slots = layout("01", "A", entries, lambda _path: False)
+    assert all(fields == {} for fields in links("01", "A", entries, slots).values())
