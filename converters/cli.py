@@ -44,7 +44,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--subject-template", default="{PatientID}", help="subject label template over {PatientID}, {StudyDate}, ..."
     )
-    parser.add_argument("--session-template", default="{StudyDate}", help="session label template")
+    parser.add_argument(
+        "--session-template",
+        default="{StudyDate}",
+        help="session label template; {StudyIndex} numbers each subject's studies 1, 2, ... (no dates)",
+    )
     pseudonyms = parser.add_mutually_exclusive_group()
     pseudonyms.add_argument(
         "--pseudonym-key-file", type=Path, metavar="KEY", help="site secret: subject labels become keyed hashes"

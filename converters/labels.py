@@ -3,7 +3,9 @@
 A :class:`Labels` policy says how a series' subject and session labels are made:
 
 - ``subject`` / ``session`` are templates with ``{Field}`` placeholders (see :data:`FIELDS`),
-  default ``{PatientID}`` and ``{StudyDate}``; the result is reduced to BIDS letters and digits;
+  default ``{PatientID}`` and ``{StudyDate}``; the result is reduced to BIDS letters and digits.
+  The session template ``{StudyIndex}`` numbers each subject's studies 1, 2, ... in date order
+  instead (no date in any path; an earlier study arriving later renumbers the others);
 - ``pseudonym_key`` (a site secret) replaces the subject label by a keyed hash (HMAC-SHA256 of the
   templated label, first :data:`PSEUDONYM_LENGTH` hex digits): stable for one site, not
   reversible without the key, and different across sites;
@@ -25,11 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converters.bids.naming import sanitize_label
+from converters.bids.naming import STUDY_INDEX, sanitize_label
 from converters.errors import LabelError
 from converters.records import DicomSeries
 
-__all__ = ["FIELDS", "PSEUDONYM_LENGTH", "Labels", "read_subject_map"]
+__all__ = ["FIELDS", "PSEUDONYM_LENGTH", "STUDY_INDEX", "Labels", "read_subject_map"]
 
 #: Placeholders a template may use, and the DicomSeries attribute each reads.
 FIELDS: Mapping[str, str] = {
@@ -43,6 +45,8 @@ PSEUDONYM_LENGTH = 12
 
 
 def _check_template(template: str) -> None:
+    if template == STUDY_INDEX:
+        return
     for _text, name, spec, conversion in string.Formatter().parse(template):
         if name is None:
             continue
@@ -93,7 +97,10 @@ class Labels:
 
     def session_label(self, series: DicomSeries) -> str | None:
         """The session label before disambiguation, or None when the template gives nothing
-        (e.g. no StudyDate): the publisher then derives one from the StudyInstanceUID."""
+        (e.g. no StudyDate): the publisher then derives one from the StudyInstanceUID.
+        :data:`STUDY_INDEX` comes back as it is: the publisher numbers the studies."""
+        if self.session == STUDY_INDEX:
+            return STUDY_INDEX
         raw = self._fill(self.session, series)
         try:
             return sanitize_label(raw)

@@ -12,6 +12,7 @@ from converters.records import BidsTarget
 __all__ = [
     "ENTITY_ORDER",
     "INDEX_ENTITIES",
+    "STUDY_INDEX",
     "entity_value",
     "relative_path",
     "sanitize_label",
@@ -26,6 +27,10 @@ ENTITY_ORDER: tuple[str, ...] = (
     "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split",
     "recording", "chunk",
 )  # fmt: skip
+
+#: Session template numbering a subject's studies 1, 2, ... in StudyDate/StudyTime order (no date
+#: in any path); only valid as the whole template (see :class:`converters.labels.Labels`).
+STUDY_INDEX = "{StudyIndex}"
 
 #: Entities whose value is a non-negative integer index rather than a label.
 INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "split", "chunk"})

@@ -42,7 +42,7 @@ from converters.bids.dataset import (
     readme_text,
     render_tsv,
 )
-from converters.bids.naming import scans_path, session_prefix
+from converters.bids.naming import STUDY_INDEX, scans_path, session_prefix
 from converters.bids.session import LINK_KEYS, ImageRecord, SeriesEntry, Slot, layout, links
 from converters.errors import DatasetError
 from converters.records import BidsTarget, DicomSeries
@@ -103,6 +103,8 @@ class SeriesManifest:
     session_base: str | None = None
     study_time: str = ""
     session_fixed: bool = True
+    #: StudyDate (``YYYYMMDD``) or "": orders studies for ``{StudyIndex}`` session labels.
+    study_date: str = ""
     #: participants.tsv columns from this series' headers (``age``, ``sex``).
     participant: Mapping[str, str] = field(default_factory=dict, hash=False)
 
@@ -120,6 +122,7 @@ class SeriesManifest:
             "acquisition_time": self.acquisition_time,
             "session_base": self.session_base,
             "study_time": self.study_time,
+            "study_date": self.study_date,
             "session_fixed": self.session_fixed,
             "participant": dict(self.participant),
             "outputs": list(self.outputs),
@@ -144,6 +147,7 @@ class SeriesManifest:
             acquisition_time=str(data.get("acquisition_time", "")),
             session_base=None if data.get("session_base") is None else str(data["session_base"]),
             study_time=str(data.get("study_time", "")),
+            study_date=str(data.get("study_date", "")),
             session_fixed=bool(data.get("session_fixed", True)),
             participant={str(k): str(v) for k, v in data.get("participant", {}).items()},
             images=tuple(ImageRecord.from_json(image) for image in data.get("images", ())),
@@ -278,6 +282,8 @@ class StudyKey:
     time: str
     #: A label given by the caller (or by an older bidsbridge): used as it is.
     fixed: str | None = None
+    #: StudyDate ``YYYYMMDD`` or "" (orders ``{StudyIndex}`` studies).
+    date: str = ""
 
 
 def _digest(study_uid: str) -> str:
@@ -291,13 +297,25 @@ def resolve_sessions(studies: Mapping[str, StudyKey]) -> dict[str, str]:
     Fixed labels stay. Studies asking for the same label (two studies on one day) are put in
     order of StudyTime (then UID): the first keeps the plain label (``20220711``), each later one
     gets the time added (``20220711T153000``), or a digest of its StudyInstanceUID when even that
-    is taken. A study with no label to ask for gets ``uid`` plus that digest.
+    is taken. A study with no label to ask for gets ``uid`` plus that digest. Studies asking for
+    :data:`~converters.bids.naming.STUDY_INDEX` are numbered 1, 2, ... by StudyDate, StudyTime, UID.
     """
     labels: dict[str, str] = {uid: key.fixed for uid, key in studies.items() if key.fixed is not None}
     taken = set(labels.values())
+    indexed = sorted(
+        (key for key in studies.values() if key.fixed is None and key.base == STUDY_INDEX),
+        key=lambda k: (k.date or "~", k.time or "~", k.study_uid),
+    )
+    number = 0
+    for key in indexed:
+        number += 1
+        while str(number) in taken:
+            number += 1
+        labels[key.study_uid] = str(number)
+        taken.add(str(number))
     groups: dict[str, list[StudyKey]] = {}
     for key in studies.values():
-        if key.fixed is None:
+        if key.fixed is None and key.base != STUDY_INDEX:
             groups.setdefault(key.base or "", []).append(key)
     for base in sorted(groups):
         for position, key in enumerate(sorted(groups[base], key=lambda k: (k.time or "~", k.study_uid))):
@@ -320,7 +338,9 @@ def _study_keys(subject: str, manifests: Mapping[str, SeriesManifest]) -> dict[s
         if manifest.subject != subject or manifest.study_uid in keys or manifest.session is None:
             continue
         fixed = manifest.session if manifest.session_fixed else None
-        keys[manifest.study_uid] = StudyKey(manifest.study_uid, manifest.session_base, manifest.study_time, fixed)
+        keys[manifest.study_uid] = StudyKey(
+            manifest.study_uid, manifest.session_base, manifest.study_time, fixed, manifest.study_date
+        )
     return keys
 
 
@@ -606,7 +626,9 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                 # series adds nothing, and may take the last file of its study away).
                 others = {k: m for k, m in manifests.items() if k != uid}
                 studies = _study_keys(request.subject, others)
-                key = StudyKey(request.series.study_uid, base, request.series.study_time)
+                key = StudyKey(
+                    request.series.study_uid, base, request.series.study_time, None, request.series.study_date
+                )
                 if request.images:
                     studies.setdefault(key.study_uid, key)
                 labels = resolve_sessions(studies)
@@ -634,6 +656,7 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                     acquisition_time=request.series.acquisition_time,
                     session_base=base if request.session is None else None,
                     study_time=request.series.study_time,
+                    study_date=request.series.study_date,
                     session_fixed=request.session is not None,
                     participant=dict(request.participant),
                     images=tuple(

@@ -11,7 +11,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from converters import DatasetError, Override, convert_series, series_outputs
+from converters import DatasetError, Labels, Override, convert_series, series_outputs
+from converters.bids.naming import STUDY_INDEX
 from converters.bids.publish import BOOKKEEPING_DIR, STALE_STAGING_SECONDS, _rename_all, manifest_path
 from tests.converters.helpers import Converted, series_dir
 from tests.validator import validate
@@ -252,3 +253,18 @@ def test_a_study_with_nothing_placed_takes_no_session_label(xa30: Path, tmp_path
         t1 = next(r for r in results if r.state == "converted")
         # The report's study is earlier that day but has no files: the T1w keeps the plain date.
         assert series_outputs(root, t1.series_uid)[1].startswith(f"{SUB}/ses-20220711/anat/")
+
+
+def test_study_index_sessions_carry_no_date_and_follow_study_order(xa30: Path, tmp_path: Path) -> None:
+    (original_file,) = series_dir(xa30, 5).iterdir()
+    earlier = _copy_as_new_study(original_file, tmp_path / "earlier", "080000")
+    labels = Labels(session=STUDY_INDEX, pseudonym_key=b"0123456789abcdef0123")
+    root = tmp_path / "bids"
+    later = convert_series(series_dir(xa30, 5), root, labels=labels)
+    assert later.session == "1"
+    first = convert_series(earlier, root, labels=labels)  # an earlier study arrives: it becomes 1
+    assert first.session == "1"
+    assert series_outputs(root, later.series_uid)[1].split("/")[1] == "ses-2"
+    assert validate(root) == []
+    for path in root.rglob("*"):
+        assert "20220711" not in path.name
