@@ -30,6 +30,7 @@ tested without Orthanc; :mod:`orthanc_plugin.plugin` adapts them to the SDK.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -150,10 +151,11 @@ class Routes:
             job = self.queue.latest_for_series(series_id)
             if job is None:
                 return Response.error(404, f"series {series_id} has no finished conversion")
-            images = [p for p in job.outputs if not p.startswith("sourcedata/")]
+            root = Path((job.result or {}).get("dataset_root") or self.bids_root)
+            outputs = _current_outputs(root, str((job.result or {}).get("series_uid", ""))) or list(job.outputs)
+            images = [p for p in outputs if not p.startswith("sourcedata/")]
             if not images:
                 return Response.error(404, f"series {series_id} was converted to no NIfTI file")
-            root = Path((job.result or {}).get("dataset_root") or self.bids_root)
             return Response(200, self._zip(images, root), "application/zip")
         return Response.error(404, f"unknown series action {action!r}")
 
@@ -240,3 +242,20 @@ def _nifti_problem(data: bytes) -> str | None:
     if len(head) >= 544 and head[4:8] in (b"n+2\0", b"ni2\0"):
         return None
     return "not a NIfTI file (no NIfTI magic in the header)"
+
+
+def _current_outputs(dataset_root: Path, series_uid: str) -> list[str] | None:
+    """The files the series owns *now* (a later repeat may have renamed them since its job ran).
+
+    Read from the converter's per-series manifest (``converters.bids.publish``:
+    ``.bidsbridge/series/<sha256 of the SeriesInstanceUID>.json``, key ``outputs``), directly,
+    so that Orthanc's process does not import the conversion stack.
+    """
+    if not series_uid:
+        return None
+    digest = hashlib.sha256(series_uid.encode("utf-8")).hexdigest()
+    try:
+        manifest = json.loads((dataset_root / ".bidsbridge" / "series" / f"{digest}.json").read_text("utf-8"))
+        return [str(p) for p in manifest["outputs"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

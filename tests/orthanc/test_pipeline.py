@@ -68,7 +68,7 @@ class Xa30Run:
 def xa30(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Iterator[Xa30Run]:
     server = EmbeddedOrthanc(
         workdir=tmp_path_factory.mktemp("xa30"), http_port=free_port(), dicom_port=free_port(),
-        workers=2, stable_age=2,
+        workers=4, stable_age=2,  # parallel arrival: 4 workers, compared with a sequential offline run
     )
     server.start()
     run = Xa30Run()
