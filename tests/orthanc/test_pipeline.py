@@ -235,11 +235,13 @@ def test_orthanc_stopped_with_jobs_pending_resumes_after_restart(
 ) -> None:
     names = ["5_anat-T1w_acq-tfl", "7_func-bold_task-fa_run-1", "10_DWI_dir80_PA", "17_DWI_dir80_AP"]
     harness = orthanc_factory(workers=1)
+    worker = harness.get("/bidsbridge/status")["workers"][0]
+    os.kill(worker, signal.SIGSTOP)  # hold the only worker so that work is surely pending at the stop
     harness.send([_xa30_dir(corpus, n) for n in names])
     harness.wait_for(lambda: len(harness.jobs()) == len(names), 60, "all series to be queued")
-    counts = harness.get("/bidsbridge/status")["jobs"]
-    assert counts.get("queued", 0) >= 1, counts
+    assert harness.get("/bidsbridge/status")["jobs"] == {"queued": len(names)}
     workdir = harness.server.workdir
+    os.kill(worker, signal.SIGCONT)
     harness.server.stop()
     restarted = orthanc_factory(workdir=workdir, workers=2)
     jobs = restarted.wait_all_finished(len(names), timeout=120)
