@@ -40,26 +40,27 @@ class OrthancRestClient:
     def close(self) -> None:
         self._session.close()
 
-    def _get(self, path: str, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One call; connection problems, 401/403 and 5xx become :class:`OrthancError`."""
         try:
-            response = self._session.get(f"{self.url}{path}", timeout=self.timeout, **kwargs)
+            response = self._session.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise OrthancError(f"cannot reach Orthanc at {self.url}: {exc.__class__.__name__}") from exc
-        if response.status_code == 404:
-            raise SeriesNotFound(f"Orthanc has no resource {path}")
         if response.status_code in (401, 403):
             raise OrthancError(f"Orthanc refused {path} ({response.status_code}): check the plugin's REST credentials")
+        return response
+
+    def _get(self, path: str, **kwargs: Any) -> requests.Response:
+        response = self._request("GET", path, **kwargs)
+        if response.status_code == 404:
+            raise SeriesNotFound(f"Orthanc has no resource {path}")
         if response.status_code >= 400:
             raise OrthancError(f"Orthanc answered {response.status_code} to GET {path}")
         return response
 
     def post_instance(self, data: bytes) -> str:
         """Store one DICOM file in Orthanc; return its Orthanc instance id."""
-        try:
-            response = self._session.post(f"{self.url}/instances", data=data, timeout=self.timeout,
-                                          headers={"Content-Type": "application/dicom"})
-        except requests.RequestException as exc:
-            raise OrthancError(f"cannot reach Orthanc at {self.url}: {exc.__class__.__name__}") from exc
+        response = self._request("POST", "/instances", data=data, headers={"Content-Type": "application/dicom"})
         if response.status_code >= 400:
             raise OrthancError(
                 f"Orthanc refused a derived DICOM object ({response.status_code}): {response.text[:200]}"
@@ -67,10 +68,7 @@ class OrthancRestClient:
         return str(response.json()["ID"])
 
     def post_json(self, path: str, body: Any) -> Any:
-        try:
-            response = self._session.post(f"{self.url}{path}", json=body, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise OrthancError(f"cannot reach Orthanc at {self.url}: {exc.__class__.__name__}") from exc
+        response = self._request("POST", path, json=body)
         if response.status_code == 404:
             raise OrthancError(f"Orthanc has no {path} (unknown modality or peer?)")
         if response.status_code >= 400:
