@@ -18,6 +18,7 @@ from converters.errors import (
     Dcm2niixError,
     DicomInputError,
     LabelError,
+    UnreadableDataError,
 )
 from converters.labels import Labels
 from converters.pipeline import convert_series, convert_tree, series_outputs
@@ -33,6 +34,7 @@ __all__ = [
     "Labels",
     "Override",
     "SeriesResult",
+    "UnreadableDataError",
     "convert_series",
     "convert_tree",
     "sanitize_label",

@@ -47,7 +47,7 @@ from converters.asl import AslHeaders, AslPlan, asl_fields
 from converters.bids.dataset import BIDS_VERSION
 from converters.bids.naming import INDEX_ENTITIES, entity_value, sanitize_label
 from converters.errors import LabelError
-from converters.records import BidsTarget, Classification, ConvertedImage, DicomSeries, Placement, Skip
+from converters.records import BidsTarget, Classification, ConvertedImage, DicomSeries, Placement, Skip, SkipCode
 
 __all__ = [
     "DEFAULT_RULES",
@@ -127,23 +127,87 @@ _POSTFIX = re.compile(r"^(?:_e(?P<echo>\d+))?(?P<phase>_ph)?$")
 
 @dataclass(frozen=True)
 class SeriesFacts:
-    """Everything a rule may look at: DICOM header facts and dcm2niix's outputs (may be empty)."""
+    """Everything a rule may look at: DICOM header facts and dcm2niix's outputs (may be empty).
+
+    ``images`` are the images of *one acquisition* of the series (:func:`converters.split.partition`);
+    when dcm2niix split the series into several, ``siblings`` holds the images of the others, so
+    that a rule can see e.g. both phase-encoding polarities or the planes of a tri-plane localizer.
+    """
 
     series: DicomSeries
     images: tuple[ConvertedImage, ...] = ()
     #: ASL facts from the DICOM headers (read by the pipeline for ASL series only).
     asl: AslHeaders | None = None
+    #: The images of the series' other acquisitions (empty when dcm2niix did not split it).
+    siblings: tuple[tuple[ConvertedImage, ...], ...] = ()
+    #: What of dcm2niix's file-name postfix sets this acquisition apart (``""``, ``a``, ``_c2``, ...).
+    residue: str = ""
 
-    @property
-    def image_types(self) -> frozenset[str]:
-        """Upper-case values of DICOM ImageType and the sidecars' ImageType/ImageTypeText."""
-        values = set(self.series.image_type)
+    def _sidecar_types(self) -> set[str]:
+        values: set[str] = set()
         for image in self.images:
             for key in ("ImageType", "ImageTypeText"):
                 found = image.metadata.get(key)
                 if isinstance(found, list):
                     values.update(str(v).upper() for v in found)
-        return frozenset(values)
+        return values
+
+    @property
+    def image_types(self) -> frozenset[str]:
+        """Upper-case values of DICOM ImageType and the sidecars' ImageType/ImageTypeText; for one
+        acquisition of a split series, its own sidecars' values only (the series' first instance
+        may belong to another)."""
+        own = self._sidecar_types()
+        if self.siblings and own:
+            return frozenset(own)
+        return frozenset(own | set(self.series.image_type))
+
+    @property
+    def primary_type(self) -> str:
+        """``ORIGINAL`` or ``DERIVED`` (ImageType value 1) of this acquisition, or ""."""
+        if self.siblings:
+            for image in self.images:
+                found = image.metadata.get("ImageType")
+                if isinstance(found, list) and found:
+                    return str(found[0]).upper()
+        return self.series.image_type[0] if self.series.image_type else ""
+
+    @property
+    def volumes(self) -> int:
+        """Most volumes (4th dimension) of the acquisition's images; 1 for 3D images."""
+        return max((image.shape[3] if len(image.shape) > 3 else 1 for image in self.images), default=0)
+
+    @property
+    def slices(self) -> int:
+        """Slices (3rd dimension) of the first image, 1 for 2D images, 0 without images."""
+        shape = self.images[0].shape if self.images else ()
+        if not shape:
+            return 0
+        return shape[2] if len(shape) > 2 else 1
+
+    @property
+    def epi(self) -> bool:
+        """Every image is an echo-planar readout (header evidence, see :func:`is_epi`)."""
+        return bool(self.images) and all(is_epi(image, self.image_types) for image in self.images)
+
+    @property
+    def spin_echo(self) -> bool:
+        """A spin-echo readout: ``SE`` in ScanningSequence (or Siemens ``*epse``/``*se`` names)
+        and not a gradient-echo (``fid``) sequence name."""
+        return bool(self.images) and all(_spin_echo(image) for image in self.images)
+
+    @property
+    def opposite_polarity_in_series(self) -> bool:
+        """The series also holds this acquisition with the reverse phase-encoding direction
+        (dcm2niix split it by polarity, e.g. GE ``epi_pepolar``)."""
+        own = {d for image in self.images if (d := _pe(image)) is not None}
+        others = {d for images in self.siblings for image in images if (d := _pe(image)) is not None}
+        return any(_reverse(direction) in others for direction in own)
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """(SeriesDescription, ProtocolName)."""
+        return self.series.series_description, self.series.protocol_name
 
     @property
     def bids_guess(self) -> tuple[str, str] | None:
@@ -165,6 +229,65 @@ class SeriesFacts:
 
 
 Rule = Callable[[SeriesFacts], Classification | None]
+
+
+def _tokens(value: object) -> set[str]:
+    """``"SE\\EP"`` / ``["GR", "EP"]`` -> ``{"SE", "EP"}`` (upper case)."""
+    if isinstance(value, list):
+        return {str(v).strip().upper() for v in value}
+    return {t.strip().upper() for t in re.split(r"[\\/ _,]+", str(value or "")) if t.strip()}
+
+
+_EPI_SEQUENCE = re.compile(r"(?:^|[^a-z])(?:ep(?:fid|se|i|_|\d)|epi)", re.IGNORECASE)
+
+
+def is_epi(image: ConvertedImage, image_types: frozenset[str] = frozenset()) -> bool:
+    """Echo-planar readout, from any of: ``EP`` in ScanningSequence, ``MOSAIC`` in ImageType
+    (Siemens mosaics are EPI only), an EPI sequence name (Siemens ``*epfid``/``*epse``/``ep_b``,
+    GE ``epi*``, ``.../epi_pepolar``), or dcm2niix guessing a ``bold``/``sbref``/``dwi``/``epi`` image."""
+    meta = image.metadata
+    if "EP" in _tokens(meta.get("ScanningSequence")) or "MOSAIC" in image_types:
+        return True
+    for key in ("SequenceName", "PulseSequenceName", "PulseSequenceDetails"):
+        if _EPI_SEQUENCE.search(str(meta.get(key, ""))):
+            return True
+    guess = meta.get("BidsGuess")
+    if isinstance(guess, list) and len(guess) == 2:
+        return str(guess[1]).rsplit("_", 1)[-1] in ("epi", "bold", "sbref", "dwi")
+    return False
+
+
+def _spin_echo(image: ConvertedImage) -> bool:
+    meta = image.metadata
+    name = str(meta.get("SequenceName", "")).lower()
+    if "fid" in name:
+        return False
+    return "SE" in _tokens(meta.get("ScanningSequence")) or bool(re.search(r"(?:^|[*_/])(?:epse|se\d|tse)", name))
+
+
+def _pe(image: ConvertedImage) -> str | None:
+    direction = image.metadata.get("PhaseEncodingDirection")
+    return direction if isinstance(direction, str) and direction in ("i", "i-", "j", "j-", "k", "k-") else None
+
+
+def _reverse(direction: str) -> str:
+    return direction[:-1] if direction.endswith("-") else f"{direction}-"
+
+
+def _code(target: BidsTarget) -> SkipCode:
+    """A target the rules cannot write: the site's doing (an override), else unrecognised."""
+    return "rule" if target.rule == "override" else "unrecognised"
+
+
+def slice_plane(image: ConvertedImage) -> str | None:
+    """``ax``, ``sag`` or ``cor``: the world axis the image's slice direction (voxel axis k) is
+    closest to, from the affine; None without one."""
+    if len(image.affine) < 3:
+        return None
+    column = [abs(image.affine[row][2]) for row in range(3)]
+    if not any(column):
+        return None
+    return ("sag", "cor", "ax")[max(range(3), key=lambda row: column[row])]
 
 
 @dataclass(frozen=True)
@@ -223,6 +346,11 @@ def _normalised(facts: SeriesFacts) -> bool:
 
 
 def _describe(facts: SeriesFacts) -> str:
+    if facts.siblings:  # one acquisition of a split series: its own ImageType
+        for image in facts.images:
+            found = image.metadata.get("ImageType")
+            if isinstance(found, list) and found:
+                return "\\".join(str(v).upper() for v in found)
     return "\\".join(facts.series.image_type) or "no ImageType"
 
 
@@ -230,15 +358,24 @@ def _finish(facts: SeriesFacts, target: BidsTarget, *, name: str) -> Classificat
     """Complete a (datatype, suffix) from a rule: check entities, add rec/dir/TaskName."""
     allowed = SUPPORTED.get((target.datatype, target.suffix))
     if allowed is None:
-        return Skip(f"{name}: {target.datatype}/{target.suffix} is not supported yet", target.rule)
+        return Skip(f"{name}: {target.datatype}/{target.suffix} is not supported yet", target.rule, _code(target))
     entities = dict(target.entities)
     metadata = dict(target.metadata)
     refused = sorted(set(entities) - set(allowed))
     if refused:
-        return Skip(f"{name}: entities {refused} are not allowed for {target.datatype}/{target.suffix}", target.rule)
+        return Skip(
+            f"{name}: entities {refused} are not allowed for {target.datatype}/{target.suffix}",
+            target.rule,
+            _code(target),
+        )
     if "rec" in allowed and "rec" not in entities and _normalised(facts):
         entities["rec"] = "norm"
-    if "dir" in allowed and "dir" not in entities and target.datatype in ("dwi", "fmap") and facts.images:
+    split_by_direction = facts.opposite_polarity_in_series or any(
+        {_pe(i) for i in images} != {_pe(i) for i in facts.images} for images in facts.siblings
+    )
+    if "dir" in allowed and "dir" not in entities and facts.images and (
+        target.datatype in ("dwi", "fmap") or split_by_direction
+    ):
         labels = {phase_encoding_label(image) for image in facts.images}
         if len(labels) == 1 and None not in labels:
             entities["dir"] = str(labels.pop())
@@ -256,9 +393,13 @@ def _finish(facts: SeriesFacts, target: BidsTarget, *, name: str) -> Classificat
         key for key, required in allowed.items() if required and key not in entities and key not in numbered
     )
     if missing:
-        return Skip(f"{name}: {target.datatype}/{target.suffix} needs entity {missing}", target.rule)
+        return Skip(
+            f"{name}: {target.datatype}/{target.suffix} needs entity {missing}",
+            target.rule,
+            "rule" if target.rule == "override" else "missing-metadata",
+        )
     if target.datatype == "dwi" and target.suffix == "dwi" and not facts.has_bvals:
-        return Skip(f"{name}: dcm2niix found no b-values/b-vectors for a dwi series", target.rule)
+        return Skip(f"{name}: dcm2niix found no b-values/b-vectors for a dwi series", target.rule, "missing-metadata")
     if "task" in entities:
         metadata.setdefault("TaskName", entities["task"])
     return replace(target, entities=entities, metadata=metadata)
@@ -274,11 +415,13 @@ def rule_non_image(facts: SeriesFacts) -> Classification | None:
             f"Siemens Phoenix protocol report (Modality {series.modality or '?'}, SOP class "
             f"{series.sop_class_uid or '?'}): a document, not an image; raw BIDS holds images only",
             "non-image",
+            "not-an-image",
         )
     return Skip(
         f"not an image (Modality {series.modality or '?'}, SOP class {series.sop_class_uid or '?'}); "
         "raw BIDS holds images only",
         "non-image",
+        "not-an-image",
     )
 
 
@@ -286,17 +429,20 @@ def rule_not_mr_acquisition(facts: SeriesFacts) -> Classification | None:
     """Images this version never places: other modalities, and screenshots (secondary captures)."""
     series = facts.series
     if series.modality == "CT":
-        return Skip(f"CT: BIDS {BIDS_VERSION} defines no raw datatype for CT images", "not-mr")
+        return Skip(f"CT: BIDS {BIDS_VERSION} defines no raw datatype for CT images", "not-mr", "no-bids-datatype")
     if series.modality == "PT":
         return Skip(
             "PET: pet/ needs tracer, injection and blood fields (TracerName, InjectedRadioactivity, ...) that "
             "image headers do not hold; not placed automatically",
             "not-mr",
+            "no-bids-datatype",
         )
     if series.modality != "MR":
-        return Skip(f"modality {series.modality or '(none)'}: only MR is placed in BIDS so far", "not-mr")
+        return Skip(
+            f"modality {series.modality or '(none)'}: only MR is placed in BIDS so far", "not-mr", "no-bids-datatype"
+        )
     if "Secondary Capture" in UID(series.sop_class_uid).name:
-        return Skip(f"{UID(series.sop_class_uid).name} (a screenshot, not an acquisition)", "not-mr")
+        return Skip(f"{UID(series.sop_class_uid).name} (a screenshot, not an acquisition)", "not-mr", "not-an-image")
     return None
 
 
@@ -324,7 +470,7 @@ def rule_scanner_derived(facts: SeriesFacts) -> Classification | None:
     suffixes the schema defines for them (``ADC``, ``FA``, ``colFA``, ``trace``, ``S0map``,
     ``expADC``); every other derived image (perfusion maps, MPRs, subtractions, ...) has no place
     in raw BIDS and is skipped by policy, with its ImageType as the reason."""
-    if facts.series.image_type[:1] != ("DERIVED",):
+    if facts.primary_type != "DERIVED":
         return None
     suffix = _scanner_dwi_suffix(facts)
     if suffix is not None:
@@ -335,10 +481,12 @@ def rule_scanner_derived(facts: SeriesFacts) -> Classification | None:
             f"scanner-derived perfusion map (ImageType {_describe(facts)}): BIDS {BIDS_VERSION} defines no file "
             "for it, in raw perf/ or in derivatives; skipped by policy (the raw ASL series is kept)",
             "scanner-derived",
+            "scanner-derived",
         )
     return Skip(
         f"scanner-derived image (ImageType {_describe(facts)}): raw BIDS defines no file for it; "
         "skipped by policy (the source series is kept)",
+        "scanner-derived",
         "scanner-derived",
     )
 
@@ -357,7 +505,7 @@ def rule_reproin(facts: SeriesFacts) -> Classification | None:
     name = f"ReproIn {source} {text!r}"
     suffix = parsed.suffix or _DEFAULT_SUFFIX.get(parsed.datatype)
     if suffix is not None and suffix.lower() in _LOCALIZERS:
-        return Skip(f"{name}: localizer/scout", "reproin")
+        return Skip(f"{name}: localizer/scout", "reproin", "localizer")
     entities: dict[str, str] = {}
     for key, value in parsed.entities.items():
         if key == "ses":
@@ -430,7 +578,7 @@ def fieldmap_suffixes(images: Sequence[ConvertedImage]) -> list[str] | str:
 def _fieldmap_target(facts: SeriesFacts, entities: Mapping[str, str], rule: str, name: str) -> Classification:
     suffixes = fieldmap_suffixes(facts.images)
     if isinstance(suffixes, str):
-        return Skip(f"{name}: {suffixes}", rule)
+        return Skip(f"{name}: {suffixes}", rule, "missing-metadata")
     return _finish(facts, BidsTarget("fmap", suffixes[0], entities, rule=rule), name=name)
 
 
@@ -450,7 +598,7 @@ def rule_fieldmap(facts: SeriesFacts) -> Classification | None:
 
 def _asl(facts: SeriesFacts, entities: Mapping[str, str], rule: str, name: str) -> Classification:
     if len(facts.images) != 1 or len(facts.images[0].shape) != 4:
-        return Skip(f"{name}: ASL series that dcm2niix did not write as one 4D image", rule)
+        return Skip(f"{name}: ASL series that dcm2niix did not write as one 4D image", rule, "unrecognised")
     image = facts.images[0]
     plan = asl_fields(facts.asl or AslHeaders(), image.metadata, image.shape[3])
     if not isinstance(plan, AslPlan):
@@ -458,6 +606,7 @@ def _asl(facts: SeriesFacts, entities: Mapping[str, str], rule: str, name: str) 
             f"{name}: ASL series, but no header records what BIDS requires for perf/asl "
             f"(missing: {', '.join(plan)}); supply them with an override to place it",
             rule,
+            "missing-metadata",
         )
     context = "volume_type\n" + "".join(f"{kind}\n" for kind in plan.volume_types)
     target = BidsTarget("perf", "asl", entities, plan.metadata, rule=rule, companions={"_aslcontext.tsv": context})
@@ -478,31 +627,112 @@ _PEPOLAR_NAME = re.compile(
 )
 #: Most volumes a pepolar field-map series has (more: a time series).
 PEPOLAR_MAX_VOLUMES = 10
+#: Most volumes of a spin-echo EPI without diffusion weighting that is taken for a field map on
+#: that evidence alone (TOPUP pairs are one to three volumes per direction).
+SPIN_ECHO_FIELDMAP_MAX_VOLUMES = 3
+
+
+def _fieldmap_epi_evidence(facts: SeriesFacts) -> str | None:
+    """Why a few-volume EPI acquisition without diffusion weighting is a pepolar field map, or None."""
+    if len(facts.images) != 1 or not facts.epi or facts.volumes > PEPOLAR_MAX_VOLUMES:
+        return None
+    types = facts.image_types
+    if facts.diffusion_weighted or "DIFFUSION" in types or "ASL" in types:
+        return None
+    image = facts.images[0]
+    for text in facts.names:
+        if _PEPOLAR_NAME.search(text):
+            return f"named {text!r}"
+    sequence = str(image.metadata.get("SequenceName", ""))
+    if re.search(r"pepolar|topup", sequence, re.IGNORECASE):
+        return f"sequence {sequence!r}"
+    if facts.opposite_polarity_in_series:
+        return "both phase-encoding polarities in one series"
+    guess = facts.bids_guess
+    if guess is not None and guess[0] == "fmap" and guess[1].rsplit("_", 1)[-1] == "epi":
+        return "dcm2niix guessed fmap/epi"
+    if facts.spin_echo and facts.volumes <= SPIN_ECHO_FIELDMAP_MAX_VOLUMES:
+        return f"spin-echo EPI of {facts.volumes} volume(s) without diffusion weighting"
+    return None
 
 
 def rule_pepolar(facts: SeriesFacts) -> Classification | None:
-    """Spin-echo EPI field maps by name (``SpinEchoFieldMap_AP``, ``topup_PA``, ...): a few EPI
-    volumes without diffusion weighting -> ``fmap/…_dir-XX_epi``."""
-    names = (facts.series.series_description, facts.series.protocol_name)
-    if not any(_PEPOLAR_NAME.search(name) for name in names) or len(facts.images) != 1:
+    """Spin-echo EPI field maps: a few EPI volumes without diffusion weighting, recognised by name
+    (``SpinEchoFieldMap_AP``, ``topup_PA``), sequence (``epi_pepolar``), both polarities in one
+    series, dcm2niix's guess, or a spin-echo readout of at most three volumes ->
+    ``fmap/…_dir-XX_epi`` (linked to the scans it corrects when the session is published). BIDS
+    requires TotalReadoutTime or EffectiveEchoSpacing for it: without either it is skipped
+    naming them (an override can supply one)."""
+    evidence = _fieldmap_epi_evidence(facts)
+    if evidence is None:
         return None
-    image = facts.images[0]
-    volumes = image.shape[3] if len(image.shape) == 4 else 1
-    if "EP" not in str(image.metadata.get("ScanningSequence", "")).upper() or volumes > PEPOLAR_MAX_VOLUMES:
-        return None
-    if facts.diffusion_weighted:
-        return None
-    return _finish(facts, BidsTarget("fmap", "epi", rule="pepolar"), name=f"spin-echo EPI field map {names[0]!r}")
+    name = f"spin-echo EPI field map ({evidence})"
+    meta = facts.images[0].metadata
+    if not any(isinstance(meta.get(key), int | float) for key in ("TotalReadoutTime", "EffectiveEchoSpacing")):
+        return Skip(
+            f"{name}: fmap/epi needs TotalReadoutTime or EffectiveEchoSpacing, which no header records "
+            "(missing: TotalReadoutTime); supply it with an override to place it",
+            "pepolar",
+            "missing-metadata",
+        )
+    return _finish(facts, BidsTarget("fmap", "epi", rule="pepolar"), name=name)
 
 
 _LOCALIZER_NAME = re.compile(r"(localizer|localiser|scout|survey|3[-_ ]?plane|tri[-_ ]?pilot)", re.IGNORECASE)
+#: A tri-plane localizer: stacks in two or more orientations, each at most this many slices.
+LOCALIZER_MAX_SLICES = 12
+#: A single-volume non-EPI image with at most this many slices is a localizer/scout.
+FEW_SLICES = 3
 
 
 def rule_localizer(facts: SeriesFacts) -> Classification | None:
-    """Localizers / scouts (by name, or ImageType LOCALIZER): positioning images, not data."""
-    names = (facts.series.series_description, facts.series.protocol_name)
-    if "LOCALIZER" in facts.image_types or any(_LOCALIZER_NAME.search(name) for name in names):
-        return Skip(f"localizer/scout ({facts.series.series_description or facts.series.protocol_name})", "localizer")
+    """Localizers / scouts: by name, ImageType ``LOCALIZER``, stacks in several orthogonal planes
+    of a few slices each (dcm2niix splits a tri-plane localizer by orientation), or a single
+    non-EPI volume of at most :data:`FEW_SLICES` slices. Positioning images, not data."""
+    label = facts.series.series_description or facts.series.protocol_name
+    if "LOCALIZER" in facts.image_types or any(_LOCALIZER_NAME.search(text) for text in facts.names):
+        return Skip(f"localizer/scout ({label})", "localizer", "localizer")
+    stacks = (facts.images, *facts.siblings)
+    if len(stacks) > 1 and all(
+        len(image.shape) <= 3 and (image.shape[2] if len(image.shape) > 2 else 1) <= LOCALIZER_MAX_SLICES
+        for images in stacks
+        for image in images
+    ):
+        planes = {slice_plane(image) for images in stacks for image in images} - {None}
+        if len(planes) > 1:
+            return Skip(
+                f"localizer ({len(stacks)} stacks of at most {LOCALIZER_MAX_SLICES} slices in the "
+                f"{', '.join(sorted(str(p) for p in planes))} planes)",
+                "localizer",
+                "localizer",
+            )
+    if facts.volumes == 1 and 0 < facts.slices <= FEW_SLICES and not facts.epi and not facts.has_bvals:
+        return Skip(f"localizer/scout (a single volume of {facts.slices} slice(s))", "localizer", "localizer")
+    return None
+
+
+def rule_postfix(facts: SeriesFacts) -> Classification | None:
+    """Images dcm2niix marks by postfix as no acquisition of their own: overlays (``_ROI<n>``),
+    presentation states and raw data (``_PS``, ``_Raw``), the scanner's motion-corrected copy
+    (``_MoCo``) or the derived volume Philips appends to a DWI (``_ADC``; dcm2niix also writes the
+    DWI without it), and uncombined single-coil images (``_c<coil>``; BIDS has no coil entity)."""
+    for token in re.split(r"_", facts.residue):
+        if re.fullmatch(r"ROI\d*[a-z]*|PS[a-z]*|Raw[a-z]*", token):
+            return Skip(f"dcm2niix image {facts.residue!r}: an overlay or non-image object", "postfix", "not-an-image")
+        if re.fullmatch(r"(?:ADC|MoCo)[a-z]*", token):
+            return Skip(
+                f"dcm2niix image {facts.residue!r}: a copy or map the scanner computed (the acquired image of "
+                "the series is kept)",
+                "postfix",
+                "scanner-derived",
+            )
+        if re.fullmatch(r"c[A-Za-z0-9]+", token):
+            return Skip(
+                f"dcm2niix image {facts.residue!r}: one receive coil's uncombined image; BIDS has no entity for "
+                "the coil (the combined image, if the series has one, is kept)",
+                "postfix",
+                "no-bids-datatype",
+            )
     return None
 
 
@@ -511,14 +741,16 @@ def _strip_sbref(text: str) -> str:
 
 
 def rule_sbref(facts: SeriesFacts) -> Classification | None:
-    """Single-band reference images (CMRR/Siemens ``*_SBRef``): one EPI volume saved beside a
-    multiband run. Beside diffusion it is ``dwi/…_sbref`` (with ``dir``); otherwise
-    ``func/…_sbref`` with the task its run gets (the series name without ``SBRef``)."""
+    """Single-band reference images (CMRR/Siemens ``*_SBRef``, or dcm2niix's ``sbref`` guess):
+    one EPI volume saved beside a multiband run. Beside diffusion it is ``dwi/…_sbref`` (with
+    ``dir``); otherwise ``func/…_sbref`` with the task its run gets (the series name without
+    ``SBRef``)."""
     description = facts.series.series_description
-    if "SBREF" not in description.upper() or len(facts.images) != 1:
+    guess = facts.bids_guess
+    guessed = guess is not None and guess[1].rsplit("_", 1)[-1] == "sbref"
+    if not ("SBREF" in description.upper() or guessed) or len(facts.images) != 1:
         return None
-    image = facts.images[0]
-    if "EP" not in str(image.metadata.get("ScanningSequence", "")).upper() or len(image.shape) != 3:
+    if not facts.epi or facts.volumes != 1:
         return None
     name = f"single-band reference {description!r}"
     if "DIFFUSION" in facts.image_types or re.search(r"dwi|diff|dti", description, re.IGNORECASE):
@@ -532,34 +764,47 @@ def rule_sbref(facts: SeriesFacts) -> Classification | None:
     return None
 
 
-def _is_time_series_epi(facts: SeriesFacts) -> bool:
-    if not facts.images:
-        return False
-    for image in facts.images:
-        sequence = str(image.metadata.get("ScanningSequence", ""))
-        if len(image.shape) != 4 or image.shape[3] < 2 or "EP" not in sequence.upper():
-            return False
-    return True
+#: Task label of fMRI whose series has neither SeriesDescription nor ProtocolName.
+UNNAMED_TASK = "unnamed"
+
+
+def _task(facts: SeriesFacts) -> tuple[str, str | None]:
+    """(task label, note): from SeriesDescription, else ProtocolName, else :data:`UNNAMED_TASK`."""
+    for text in facts.names:
+        try:
+            return sanitize_label(text), None
+        except LabelError:
+            continue
+    return UNNAMED_TASK, (
+        f"no SeriesDescription or ProtocolName to take the task from: task label {UNNAMED_TASK!r} "
+        "(rename it with a rule override)"
+    )
 
 
 def rule_bold(facts: SeriesFacts) -> Classification | None:
-    """4D EPI time series without diffusion weighting or labelling: BOLD fMRI. The task label is
-    the series name (SeriesDescription, else ProtocolName) reduced to letters and digits."""
+    """EPI without diffusion weighting or labelling, whatever its number of volumes (a 1-volume
+    run is written as a 4D image of one volume): BOLD fMRI. The task label is the series name
+    (SeriesDescription, else ProtocolName) reduced to letters and digits, else ``unnamed``."""
     types = facts.image_types
-    if not _is_time_series_epi(facts) or "DIFFUSION" in types or facts.diffusion_weighted or "ASL" in types:
+    if not facts.epi or "DIFFUSION" in types or facts.diffusion_weighted or "ASL" in types:
         return None
-    for text in (facts.series.series_description, facts.series.protocol_name):
-        try:
-            task = sanitize_label(text)
-        except LabelError:
-            continue
-        name = f"4D EPI time series named {text!r}"
-        return _finish(facts, BidsTarget("func", "bold", {"task": task}, rule="bold"), name=name)
-    return Skip(
-        "4D EPI time series (fMRI) without a series name to take the task from; "
-        "name the protocol func-bold_task-<label> or add an override",
-        "fmri-without-task",
-    )
+    task, note = _task(facts)
+    name = f"EPI time series of {facts.volumes} volume(s)"
+    decision = _finish(facts, BidsTarget("func", "bold", {"task": task}, rule="bold"), name=name)
+    if note is not None and isinstance(decision, BidsTarget):
+        decision = replace(decision, notes=(*decision.notes, note))
+    return decision
+
+
+def _acquisition_2d(facts: SeriesFacts, entities: dict[str, str]) -> None:
+    """A 2D (multi-slice) anatomical gets ``acq-<plane>2d`` (``ax2d``, ``sag2d``, ``cor2d``) so that
+    stacks in different planes and the 3D version of a contrast never share a name."""
+    if "acq" in entities or not facts.images:
+        return
+    if str(facts.images[0].metadata.get("MRAcquisitionType", "")).upper() != "2D":
+        return
+    plane = slice_plane(facts.images[0])
+    entities["acq"] = f"{plane}2d" if plane else "2d"
 
 
 def rule_bids_guess(facts: SeriesFacts) -> Classification | None:
@@ -577,15 +822,101 @@ def rule_bids_guess(facts: SeriesFacts) -> Classification | None:
         for key, _, value in (token.partition("-") for token in tokens[:-1])
         if key in ("inv", "echo", "part") and value
     }
+    _acquisition_2d(facts, entities)
     target = BidsTarget("anat", suffix, entities, rule="bids-guess")
     return _finish(facts, target, name=f"dcm2niix BidsGuess {guess}")
 
 
+def _number(meta: Mapping[str, Any], key: str) -> float | None:
+    value = meta.get(key)
+    if isinstance(value, list) and value:
+        value = value[0]
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+_ANGIO_NAME = re.compile(r"(tof|angio|(?:^|[^a-z])mra(?:$|[^a-z]))", re.IGNORECASE)
+
+
+def _contrast(facts: SeriesFacts) -> tuple[str, str] | None:
+    """(anat suffix, evidence) from the sequence type and timing of a non-EPI image, or None."""
+    meta = facts.images[0].metadata
+    if "ANGIO" in facts.image_types or any(_ANGIO_NAME.search(text) for text in facts.names):
+        return "angio", "time-of-flight/angiography"
+    tr, te, ti = (_number(meta, key) for key in ("RepetitionTime", "EchoTime", "InversionTime"))
+    flip = _number(meta, "FlipAngle")
+    if tr is None or te is None:
+        return None
+    sequence = _tokens(meta.get("ScanningSequence"))
+    timing = f"TR {tr:g} s, TE {te:g} s" + (f", TI {ti:g} s" if ti else "")
+    if "IR" in sequence or (ti is not None and ti > 0):
+        if ti is not None and ti >= 1.4 and tr >= 4.0:
+            return "FLAIR", f"inversion recovery, long TI ({timing})"
+        if ti is not None and 0.3 <= ti < 1.4 and te < 0.03:
+            return "T1w", f"inversion recovery, T1-weighting TI ({timing})"
+        return None
+    if "GR" in sequence:
+        if te >= 0.015:
+            return "T2starw", f"gradient echo, long TE ({timing})"
+        if tr < 0.1 and te < 0.01:
+            if flip is not None and flip < 8:
+                return "PDw", f"spoiled gradient echo, low flip angle ({timing}, flip {flip:g})"
+            return "T1w", f"spoiled gradient echo ({timing})"
+        return None
+    if "SE" in sequence:
+        if tr < 1.0 and te < 0.03:
+            return "T1w", f"spin echo, short TR and TE ({timing})"
+        if tr >= 2.0 and te >= 0.06:
+            return "T2w", f"spin echo, long TR and TE ({timing})"
+        if tr >= 2.0 and te < 0.045:
+            return "PDw", f"spin echo, long TR, short TE ({timing})"
+    return None
+
+
+def rule_anatomical(facts: SeriesFacts) -> Classification | None:
+    """Structural images dcm2niix did not name: the contrast from the sequence type and timing
+    (inversion recovery with long TI -> ``FLAIR``, with T1 TI -> ``T1w``; spin echo short TR/TE ->
+    ``T1w``, long TR/TE -> ``T2w``, long TR/short TE -> ``PDw``; gradient echo long TE ->
+    ``T2starw``, spoiled -> ``T1w``/``PDw``; time of flight -> ``angio``), for non-EPI images that
+    dcm2niix did not take for something else; 2D stacks get ``acq-<plane>2d``."""
+    if not facts.images or facts.epi or facts.has_bvals:
+        return None
+    guess = facts.bids_guess
+    if guess is not None and guess[0] not in ("anat", ""):
+        return None  # dcm2niix recognised another kind of image (B1 map, ...): not guessed here
+    found = _contrast(facts)
+    if found is None:
+        return None
+    suffix, evidence = found
+    entities: dict[str, str] = {}
+    _acquisition_2d(facts, entities)
+    return _finish(facts, BidsTarget("anat", suffix, entities, rule="contrast"), name=f"{suffix} by {evidence}")
+
+
+def _timing(meta: Mapping[str, Any]) -> str:
+    values = [(key, _number(meta, key)) for key in ("RepetitionTime", "EchoTime", "InversionTime")]
+    shown = [f"{key[:-4] if key.endswith('Time') else key} {value:g} s" for key, value in values if value is not None]
+    return ", ".join(shown) or "no TR/TE"
+
+
 def rule_unrecognised(facts: SeriesFacts) -> Classification | None:
+    """Nothing recognised the images; the reason lists the evidence that was looked at."""
     guess = facts.bids_guess
     hint = f"; dcm2niix guessed {guess[0]}/{guess[1]}" if guess else ""
+    evidence = [f"ImageType {_describe(facts)}"]
+    if facts.images:
+        meta = facts.images[0].metadata
+        if facts.epi:
+            evidence.append("EPI")
+        else:
+            evidence.append(
+                f"not EPI (ScanningSequence {meta.get('ScanningSequence', '?')!s}, "
+                f"SequenceName {meta.get('SequenceName', '?')!s})"
+            )
+        evidence.append(f"{facts.volumes} volume(s) of {facts.slices} slice(s)")
+        evidence.append(f"{_timing(meta)} fit no contrast rule")
     return Skip(
-        f"not recognised (ImageType {_describe(facts)}{hint}); give it a ReproIn name or an override",
+        f"not recognised ({'; '.join(evidence)}{hint}); give it a ReproIn name or an override",
+        "unrecognised",
         "unrecognised",
     )
 
@@ -596,6 +927,7 @@ HEADER_RULES: tuple[Rule, ...] = (rule_non_image, rule_not_mr_acquisition)
 
 DEFAULT_RULES: tuple[Rule, ...] = (
     *HEADER_RULES,
+    rule_postfix,
     rule_scanner_derived,
     rule_reproin,
     rule_localizer,
@@ -606,6 +938,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     rule_sbref,
     rule_bold,
     rule_bids_guess,
+    rule_anatomical,
     rule_unrecognised,
 )
 
@@ -650,7 +983,7 @@ class Override:
 
     def apply(self, decision: Classification) -> Classification:
         if self.skip is not None:
-            return Skip(self.skip, "override")
+            return Skip(self.skip, "override", "rule")
         if isinstance(decision, Skip):
             if self.datatype is None or self.suffix is None:
                 return decision
@@ -710,11 +1043,11 @@ def place(facts: SeriesFacts, target: BidsTarget) -> tuple[Placement, ...] | Ski
     if len(images) == 1:
         return (Placement(images[0], target),)
     if not images:
-        return Skip("dcm2niix wrote no image", target.rule)
+        return Skip("dcm2niix wrote no image", target.rule, "unreadable")
     if target.datatype == "fmap" and target.suffix in GRE_FIELDMAP_SUFFIXES:
         suffixes = fieldmap_suffixes(images)
         if isinstance(suffixes, str):
-            return Skip(suffixes, target.rule)
+            return Skip(suffixes, target.rule, "missing-metadata")
         return tuple(
             Placement(image, replace(target, suffix=suffix)) for image, suffix in zip(images, suffixes, strict=True)
         )

@@ -8,6 +8,27 @@ Options: ``-g i`` ignores a user's ``~/.dcm2nii.ini``; ``-b y -ba y`` writes ano
 sidecars; ``-z i`` gzips with dcm2niix's internal zlib (``-z y`` would use ``pigz`` when it is on
 ``PATH``, making the bytes depend on the host); ``-f series`` fixes the output name so that only
 dcm2niix's own postfixes (``_e2``, ``_ph``, ...) vary.
+
+The exit code (dcm2niix's ``ERRORS.md``) and the files written decide the outcome together:
+
+=========================  ===================================================================
+exit code                  outcome of :func:`run_dcm2niix`
+=========================  ===================================================================
+0, 1 or 8, NIfTI written   a :class:`~converters.records.Dcm2niixRun`; 1 (unspecified error) and
+                           8 (converted some but not all files) add a warning saying so
+0, 1 or 8, no NIfTI        :class:`~converters.errors.UnreadableDataError`
+2 (no DICOM images),       :class:`~converters.errors.UnreadableDataError`: the data cannot be
+4 (corrupt DICOM file)     read, retrying will not help (it is a ``DicomInputError``)
+3, 5, 6, 7, 9, any other,  :class:`~converters.errors.Dcm2niixError`: the environment failed
+a timeout                  (folders, permissions, the binary), worth retrying
+=========================  ===================================================================
+
+A successful run's warnings are dcm2niix's ``Warning:`` (and ``Error:``) lines, duplicates
+collapsed, plus bidsbridge's own remarks: a partial conversion, an image without JSON sidecar
+(returned with empty metadata), files dcm2niix wrote that bidsbridge does not use (anything but
+``.nii.gz``/``.json``/``.bval``/``.bvec`` of an image, and ``_ROI``/``_Raw``/``_PS`` images
+without sidecar; they are left out). dcm2niix's messages name the series' own files, not the
+staged links.
 """
 
 from __future__ import annotations
@@ -19,15 +40,15 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import dcm2niix
 import nibabel as nib
 
-from converters.errors import ConversionError, Dcm2niixError
-from converters.records import ConvertedImage
+from converters.errors import ConversionError, Dcm2niixError, UnreadableDataError
+from converters.records import ConvertedImage, Dcm2niixRun
 
 __all__ = ["DCM2NIIX_TIMEOUT", "OUTPUT_NAME", "dcm2niix_binary", "dcm2niix_version", "run_dcm2niix"]
 
@@ -38,8 +59,32 @@ OUTPUT_NAME = "series"
 #: Seconds one dcm2niix run may take before it is killed (default 900).
 DCM2NIIX_TIMEOUT = 900.0
 
+#: What dcm2niix's exit codes mean (its ``ERRORS.md``).
+_EXIT_MEANINGS = {
+    0: "success",
+    1: "unspecified error",
+    2: "no DICOM images found",
+    3: "exit from report version",
+    4: "corrupt DICOM file",
+    5: "input folder invalid",
+    6: "output folder invalid",
+    7: "unable to write to output folder",
+    8: "converted some but not all of the input DICOMs",
+    9: "unable to rename files",
+}
+#: Exit codes after which the images dcm2niix wrote are used.
+_USABLE_EXITS = frozenset({0, 1, 8})
+#: Exit codes saying that the DICOM data itself cannot be read.
+_UNREADABLE_EXITS = frozenset({2, 4})
+#: Lines of dcm2niix's output kept as details of an unreadable series when it printed no message.
+_TAIL_LINES = 3
+
 _CONVERTED = re.compile(r"^Convert (\d+) DICOM as ", re.MULTILINE)
 _VERSION = re.compile(r"version (v\d[\w.]*)")
+_MESSAGE = re.compile(r"(?:Warning|Error):")
+#: Postfix parts of auxiliary images (overlays, Philips raw data and presentation states), with
+#: dcm2niix's letter for name clashes; without a sidecar such an image is left out.
+_AUXILIARY = re.compile(r"(?:ROI\d+|Raw|PS)[a-z]?")
 
 
 def dcm2niix_binary() -> Path:
@@ -78,15 +123,46 @@ def _stage(files: Sequence[Path], folder: Path) -> None:
                 shutil.copy2(target, link)
 
 
-def _image(out: Path, nifti: Path, output: str, source: Path) -> ConvertedImage:
+def _unstage(output: str, stage: Path, files: Sequence[Path], where: Path) -> str:
+    """``output`` naming the series' files and folder where it names the staged links and their folder."""
+
+    def source(found: re.Match[str]) -> str:
+        index = int(found.group(1))
+        return str(files[index]) if index < len(files) else found.group(0)
+
+    return re.sub(re.escape(str(stage)) + r"/+(\d{6})\.dcm", source, output).replace(str(stage), str(where))
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _messages(output: str) -> tuple[str, ...]:
+    """dcm2niix's ``Warning:`` and ``Error:`` lines, duplicates collapsed."""
+    return _unique(line for line in (raw.strip() for raw in output.splitlines()) if _MESSAGE.match(line))
+
+
+def _details(output: str) -> tuple[str, ...]:
+    """What dcm2niix said about a failure: its messages, else its last lines."""
+    messages = _messages(output)
+    if messages:
+        return messages
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return tuple(lines[-_TAIL_LINES:])
+
+
+def _meaning(code: int) -> str:
+    return _EXIT_MEANINGS.get(code, "undocumented exit code")
+
+
+def _image(out: Path, nifti: Path, sidecar: Path | None, source: Path) -> ConvertedImage:
     postfix = nifti.name[len(OUTPUT_NAME) : -len(".nii.gz")]
-    sidecar = out / f"{OUTPUT_NAME}{postfix}.json"
-    if not sidecar.is_file():
-        raise Dcm2niixError(source, 0, f"{output}\n(no JSON sidecar next to {nifti.name})")
-    try:
-        metadata: dict[str, Any] = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"dcm2niix wrote an unreadable sidecar {sidecar.name} for {source}: {exc}") from exc
+    metadata: dict[str, Any] = {}
+    if sidecar is not None:
+        try:
+            metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConversionError(f"dcm2niix wrote an unreadable sidecar {sidecar.name} for {source}: {exc}") from exc
     bval = out / f"{OUTPUT_NAME}{postfix}.bval"
     bvec = out / f"{OUTPUT_NAME}{postfix}.bvec"
     try:
@@ -114,12 +190,33 @@ def _image(out: Path, nifti: Path, output: str, source: Path) -> ConvertedImage:
     )
 
 
-def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = None) -> tuple[ConvertedImage, ...]:
+def _read_outputs(out: Path, source: Path) -> tuple[tuple[ConvertedImage, ...], tuple[str, ...]]:
+    """The images dcm2niix wrote to ``out`` and remarks on what is missing or left out."""
+    images: list[ConvertedImage] = []
+    remarks: list[str] = []
+    for nifti in sorted(out.glob(f"{OUTPUT_NAME}*.nii.gz")):
+        postfix = nifti.name[len(OUTPUT_NAME) : -len(".nii.gz")]
+        sidecar = out / f"{OUTPUT_NAME}{postfix}.json"
+        if sidecar.is_file():
+            images.append(_image(out, nifti, sidecar, source))
+        elif not any(_AUXILIARY.fullmatch(part) for part in postfix.split("_")):
+            remarks.append(f"dcm2niix wrote {nifti.name} of {source} without a JSON sidecar; it has no metadata")
+            images.append(_image(out, nifti, None, source))
+        # else: an overlay, raw data or presentation state without sidecar, left out below
+    used = {p for image in images for p in (image.nifti, image.sidecar, image.bval, image.bvec) if p is not None}
+    ignored = sorted(p.name for p in out.iterdir() if p not in used)
+    if ignored:
+        remarks.append(f"left out files dcm2niix wrote for {source} that bidsbridge does not use: {', '.join(ignored)}")
+    return tuple(images), tuple(remarks)
+
+
+def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = None) -> Dcm2niixRun:
     """Convert the DICOM ``files`` of one series; outputs go to ``workdir/nifti``.
 
-    ``workdir`` must not hold earlier results; ``source`` names the series in error messages
-    (default: the folder shared by ``files``). Raises :class:`Dcm2niixError` when dcm2niix fails
-    or writes nothing, with dcm2niix's own messages.
+    ``workdir`` must not hold earlier results; ``source`` names the series in messages (default:
+    the folder shared by ``files``). Returns the images and warnings of a successful run; raises
+    :class:`UnreadableDataError` when dcm2niix cannot read the data and :class:`Dcm2niixError` /
+    :class:`ConversionError` when running it failed (see the module's exit-code table).
     """
     if not files:
         raise ConversionError("no DICOM files to convert")
@@ -138,28 +235,43 @@ def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = 
     logger.debug("running %s", " ".join(command))
     try:
         proc = subprocess.run(
-            command, capture_output=True, text=True, errors="replace", timeout=DCM2NIIX_TIMEOUT, check=False
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one stream: Warning: (stdout) and Error: (stderr) lines as flushed
+            text=True,
+            errors="replace",
+            timeout=DCM2NIIX_TIMEOUT,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        partial = exc.stdout if isinstance(exc.stdout, str) else ""
-        raise Dcm2niixError(where, -1, f"{partial}\n(timed out after {DCM2NIIX_TIMEOUT:g} s)") from exc
+        partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        output = _unstage(partial.strip(), stage, files, where)
+        raise Dcm2niixError(where, -1, f"{output}\n(timed out after {DCM2NIIX_TIMEOUT:g} s)") from exc
     except OSError as exc:
         raise ConversionError(
             f"cannot run dcm2niix at {dcm2niix_binary()} ({exc}); reinstall the dcm2niix package"
         ) from exc
-    output = (proc.stdout + proc.stderr).strip()
-    logger.debug("dcm2niix output for %s:\n%s", where, output)
-    if proc.returncode != 0:
-        raise Dcm2niixError(where, proc.returncode, output)
-    niftis = sorted(out.glob(f"{OUTPUT_NAME}*.nii.gz"))
-    if not niftis:
-        raise Dcm2niixError(where, proc.returncode, f"{output}\n(dcm2niix wrote no NIfTI image)")
-    images = tuple(_image(out, nifti, output, where) for nifti in niftis)
-    known = {p for image in images for p in (image.nifti, image.sidecar, image.bval, image.bvec) if p}
-    unexpected = sorted(p.name for p in out.iterdir() if p not in known)
-    if unexpected:
-        raise ConversionError(f"dcm2niix wrote files bidsbridge does not understand for {where}: {unexpected}")
+    code = proc.returncode
+    output = _unstage(proc.stdout.strip(), stage, files, where)
+    logger.debug("dcm2niix output for %s (exit %d):\n%s", where, code, output)
+    if code in _UNREADABLE_EXITS:
+        raise UnreadableDataError(where, code, _details(output))
+    if code not in _USABLE_EXITS:
+        raise Dcm2niixError(where, code, f"{output}\n(exit {code}: {_meaning(code)})")
+    images, remarks = _read_outputs(out, where)
+    if not images:
+        raise UnreadableDataError(where, code, (*_details(output), "dcm2niix wrote no NIfTI image", *remarks))
+    warnings = list(_messages(output))
+    if code != 0:
+        warnings.append(
+            f"dcm2niix exited with code {code} ({_meaning(code)}) converting {where}, "
+            f"but wrote {len(images)} image(s), which are used"
+        )
+    warnings += remarks
+    if warnings:
+        logger.info("dcm2niix converted %s with warnings:\n%s", where, "\n".join(warnings))
     converted = sum(int(n) for n in _CONVERTED.findall(output))
     if converted < len(files):  # (one enhanced file may feed several outputs, hence "<")
         logger.warning("dcm2niix used %d of the %d DICOM files of %s:\n%s", converted, len(files), where, output)
-    return images
+        warnings.append(f"dcm2niix used {converted} of the {len(files)} DICOM files of {where}")
+    return Dcm2niixRun(images=images, warnings=_unique(warnings), exit_code=code, files_used=converted)

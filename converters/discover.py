@@ -67,6 +67,8 @@ class _Instance:
     contrast_agent: str
     #: Why the file is damaged although its header is readable (e.g. truncated pixel data).
     damage: str | None
+    patient_name: str = ""
+    acquisition_key: str = ""
 
 
 def _dicom_like_name(path: Path) -> bool:
@@ -116,6 +118,36 @@ def _acquisition_time(ds: Dataset) -> str:
     time = _text(ds, "AcquisitionTime")
     date = _text(ds, "AcquisitionDate") or _text(ds, "SeriesDate") or _text(ds, "StudyDate")
     return _bids_datetime(date, time) if time else ""
+
+
+#: PurposeOfReferenceCodeSequence code (DCM 121326) of a RelatedSeriesSequence item that names the
+#: series an instance is a converted copy of ("Alternate SOP Class instance"): Siemens XA
+#: "interoperable" exports point each single-volume series at the enhanced series it came from.
+ALTERNATE_SOP_CLASS_INSTANCE = "121326"
+
+
+def _acquisition_key(ds: Dataset, study_uid: str, image_type: tuple[str, ...]) -> str:
+    """What ties the series of one acquisition exported as several series together, or "".
+
+    ``alternate:<study>:<uid>`` when a RelatedSeriesSequence item is an Alternate SOP Class
+    instance reference to the series ``<uid>``; else, for ImageType ``MFSPLIT`` (a multi-frame
+    acquisition split for export), ``mfsplit:`` + the study, protocol, description, SeriesTime,
+    ImageType and geometry the parts share.
+    """
+    for item in ds.get("RelatedSeriesSequence") or ():
+        codes = {str(code.get("CodeValue", "")) for code in item.get("PurposeOfReferenceCodeSequence") or ()}
+        related = str(item.get("SeriesInstanceUID", "")).strip()
+        if related and ALTERNATE_SOP_CLASS_INSTANCE in codes:
+            return f"alternate:{study_uid}:{related}"
+    if "MFSPLIT" not in image_type:
+        return ""
+    orientation = ds.get("ImageOrientationPatient")
+    geometry = "" if orientation is None else ",".join(f"{float(v):.3f}" for v in orientation)
+    shared = [
+        study_uid, _text(ds, "ProtocolName"), _text(ds, "SeriesDescription"), _text(ds, "SeriesTime"),
+        "\\".join(image_type), geometry, _text(ds, "Rows"), _text(ds, "Columns"),
+    ]  # fmt: skip
+    return "mfsplit:" + "|".join(shared)
 
 
 def _pixel_damage(fp: BinaryIO, ds: Dataset, size: int) -> tuple[bool, str | None]:
@@ -230,7 +262,25 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
         patient_age=_text(ds, "PatientAge"),
         contrast_agent=_text(ds, "ContrastBolusAgent"),
         damage=damage,
+        patient_name=_text(ds, "PatientName"),
+        acquisition_key=_acquisition_key(ds, study_uid, types),
     )
+
+
+def _same_bytes(first: Path, second: Path) -> bool:
+    """The two files hold the same bytes (sizes first, then content)."""
+    try:
+        if first.stat().st_size != second.stat().st_size:
+            return False
+        with first.open("rb") as one, second.open("rb") as two:
+            while True:
+                a, b = one.read(1 << 20), two.read(1 << 20)
+                if a != b:
+                    return False
+                if not a:
+                    return True
+    except OSError:
+        return False
 
 
 def _instance_order(instance: _Instance) -> tuple[int, int, str]:
@@ -260,7 +310,7 @@ def discover(root: Path) -> Inventory:
     damaged_heads: dict[_Key, _Instance] = {}
     orphans: list[UnusableFile] = []
     foreign: list[UnusableFile] = []
-    seen_sop: dict[str, Path] = {}
+    seen_sop: dict[str, list[Path]] = {}
     for path in _walk(root):
         found = _read_instance(path)
         if isinstance(found, UnusableFile):
@@ -271,12 +321,14 @@ def discover(root: Path) -> Inventory:
             problems[key].append(UnusableFile(path, found.damage, "damaged"))
             damaged_heads.setdefault(key, found)
             continue
-        first = seen_sop.get(found.sop_instance_uid) if found.sop_instance_uid else None
-        if first is not None:
-            foreign.append(UnusableFile(path, f"duplicate of instance {first}", "foreign"))
+        earlier = seen_sop.setdefault(found.sop_instance_uid, []) if found.sop_instance_uid else []
+        # A second copy of one file is a duplicate; a file that reuses a SOP Instance UID for other
+        # content (test exports, broken anonymisers) is an image of its own.
+        same = next((other for other in earlier if _same_bytes(other, path)), None)
+        if same is not None:
+            foreign.append(UnusableFile(path, f"duplicate of instance {same}", "foreign"))
             continue
-        if found.sop_instance_uid:
-            seen_sop[found.sop_instance_uid] = path
+        earlier.append(path)
         instances[key].append(found)
 
     # Header-less damaged files belong to whichever series share their folder.
@@ -324,6 +376,8 @@ def discover(root: Path) -> Inventory:
                 patient_sex=head.patient_sex,
                 patient_age=head.patient_age,
                 contrast_agent=head.contrast_agent,
+                patient_name=head.patient_name,
+                acquisition_key=head.acquisition_key,
             )
         )
     series.sort(

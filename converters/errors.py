@@ -15,6 +15,7 @@ __all__ = [
     "Dcm2niixError",
     "DicomInputError",
     "LabelError",
+    "UnreadableDataError",
 ]
 
 
@@ -29,6 +30,23 @@ class DicomInputError(BidsBridgeError, ValueError):
         self.path = None if path is None else Path(path)
         where = f" ({self.path})" if self.path is not None else ""
         super().__init__(f"{message}{where}")
+
+
+class UnreadableDataError(DicomInputError):
+    """dcm2niix cannot make an image of the series' data: no DICOM it understands, corrupt or
+    undecodable pixel data. Retrying will not help. ``details`` holds dcm2niix's own lines saying why
+    (its ``Error:``/``Warning:`` lines, else the last lines it printed); when dcm2niix exited as if it
+    had succeeded, they end with bidsbridge's note that it wrote no (usable) image."""
+
+    def __init__(self, series_dir: Path, returncode: int, details: tuple[str, ...]) -> None:
+        super().__init__(
+            f"dcm2niix could not read the image data of {series_dir} (exit {returncode}): "
+            f"{'; '.join(details) or '(no output)'}"
+        )
+        self.path = Path(series_dir)  # set after the message, which already names it
+        self.series_dir = Path(series_dir)
+        self.returncode = returncode
+        self.details = details
 
 
 class ConversionError(BidsBridgeError, RuntimeError):

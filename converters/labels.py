@@ -15,6 +15,22 @@ A :class:`Labels` policy says how a series' subject and session labels are made:
 
 A session label that more than one study of a subject would get (two studies on one day) is
 disambiguated when publishing, see :func:`converters.bids.publish.resolve_sessions`.
+
+**Labels always exist** (:meth:`Labels.resolve_subject`): a series is never refused for its
+labels. The subject label is, in this order,
+
+1. the label the caller gives (``--subject``, a routing rule, the plugin's ``Subject``), if it
+   has letters or digits;
+2. the subject template's value (default the PatientID) if it is not a placeholder (see
+   :func:`usable_label`) — through the subject map or the pseudonym key when configured;
+3. else ``pn`` + a keyed hash of the PatientName, when the header has a usable one (one label
+   per patient, the name itself never written);
+4. else ``st`` + a keyed hash of the StudyInstanceUID (each study its own subject).
+
+The key of 3 and 4 is the site's pseudonym key when configured, else a random secret kept in the
+dataset (:func:`converters.bids.publish.dataset_secret`), so the hashes cannot be reversed by
+trying names. Every fallback is said in the series' report (``notes``). Sessions without a usable
+StudyDate get ``uid`` + a digest of the StudyInstanceUID (:func:`~converters.bids.publish.resolve_sessions`).
 """
 
 from __future__ import annotations
@@ -23,7 +39,7 @@ import hashlib
 import hmac
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +47,16 @@ from converters.bids.naming import STUDY_INDEX, sanitize_label
 from converters.errors import LabelError
 from converters.records import DicomSeries
 
-__all__ = ["FIELDS", "PSEUDONYM_LENGTH", "STUDY_INDEX", "Labels", "read_subject_map"]
+__all__ = [
+    "FIELDS",
+    "PLACEHOLDERS",
+    "PSEUDONYM_LENGTH",
+    "STUDY_INDEX",
+    "Labels",
+    "SubjectLabel",
+    "read_subject_map",
+    "usable_label",
+]
 
 #: Placeholders a template may use, and the DicomSeries attribute each reads.
 FIELDS: Mapping[str, str] = {
@@ -42,6 +67,36 @@ FIELDS: Mapping[str, str] = {
 }
 #: Hex digits kept of the keyed hash (48 bits: no collision in any realistic cohort).
 PSEUDONYM_LENGTH = 12
+#: Values anonymisers write instead of an identifier (compared upper case, letters and digits only).
+PLACEHOLDERS = frozenset({
+    "ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "DEIDENTIFIED", "REMOVED", "DELETED", "REDACTED",
+    "UNKNOWN", "NONE", "NULL", "NA", "EMPTY", "PATIENT", "NOID", "NOPATIENTID",
+})  # fmt: skip
+
+
+def usable_label(text: str) -> str | None:
+    """``text`` as a BIDS label, or None when it cannot identify anyone: nothing left after
+    sanitizing (``***``, ``-``), only zeros (``0000``), only ``X`` (``XXXXXX``), or a word from
+    :data:`PLACEHOLDERS` (``ANONYMOUS``, ``REMOVED``, ...)."""
+    try:
+        label = sanitize_label(text)
+    except LabelError:
+        return None
+    upper = label.upper()
+    if upper in PLACEHOLDERS or set(upper) == {"0"} or (len(upper) > 1 and set(upper) == {"X"}):
+        return None
+    return label
+
+
+@dataclass(frozen=True)
+class SubjectLabel:
+    """A subject label and where it came from (``given``, ``template``, ``subject map``,
+    ``pseudonym``, ``PatientName hash``, ``StudyInstanceUID hash``); ``note`` says why a fallback
+    was used (for the report), without any identifying value."""
+
+    label: str
+    source: str
+    note: str | None = None
 
 
 def _check_template(template: str) -> None:
@@ -80,6 +135,47 @@ class Labels:
     @staticmethod
     def _fill(template: str, series: DicomSeries) -> str:
         return template.format(**{name: getattr(series, attribute) for name, attribute in FIELDS.items()})
+
+    def resolve_subject(
+        self, series: DicomSeries, *, given: str | None = None, secret: Callable[[], bytes]
+    ) -> SubjectLabel:
+        """The subject label of ``series`` by the order in the module docstring; never fails for a
+        missing or placeholder identifier. ``secret`` gives the dataset's key for the hashed
+        fallbacks (called only when one is needed). Raises :class:`LabelError` only for a patient
+        missing from a configured subject map (a site policy, not a missing label)."""
+        why: list[str] = []
+        if given is not None:
+            label = usable_label(given)
+            if label is not None:
+                return SubjectLabel(label, "given")
+            why.append("the given subject label has no letters or digits")
+        raw = self._fill(self.subject, series).strip()
+        if usable_label(raw) is not None:
+            note = f"{why[0]}: subject from the subject template" if why else None
+            return SubjectLabel(self.subject_label(series), self._source(), note)
+        field_name = "PatientID" if self.subject == "{PatientID}" else f"the subject template {self.subject!r}"
+        why.append(f"{field_name} is {'empty' if not raw else f'a placeholder ({raw!r})'}")
+        key = self.pseudonym_key or secret()
+        name = usable_label(series.patient_name)
+        if name is not None:
+            digest = hmac.new(key, f"PatientName:{series.patient_name.strip()}".encode(), hashlib.sha256).hexdigest()
+            return SubjectLabel(
+                f"pn{digest[:PSEUDONYM_LENGTH]}",
+                "PatientName hash",
+                f"{'; '.join(why)}: subject labelled by a keyed hash of the PatientName",
+            )
+        digest = hmac.new(key, f"StudyInstanceUID:{series.study_uid}".encode(), hashlib.sha256).hexdigest()
+        return SubjectLabel(
+            f"st{digest[:PSEUDONYM_LENGTH]}",
+            "StudyInstanceUID hash",
+            f"{'; '.join(why)} and there is no usable PatientName: subject labelled by a keyed hash of the "
+            "StudyInstanceUID (each such study is a subject of its own)",
+        )
+
+    def _source(self) -> str:
+        if self.subject_map is not None:
+            return "subject map"
+        return "pseudonym" if self.pseudonym_key is not None else "template"
 
     def subject_label(self, series: DicomSeries) -> str:
         """The subject label of ``series``; raises :class:`LabelError` when there is none."""

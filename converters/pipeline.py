@@ -1,32 +1,38 @@
-"""The pipeline, top to bottom: discover -> dcm2niix -> classify -> publish, for one series
-(:func:`convert_series`, what the Orthanc worker calls) or a whole folder (:func:`convert_tree`).
+"""The pipeline, top to bottom: discover -> regroup -> dcm2niix -> split -> classify -> publish,
+for one series or acquisition (:func:`convert_series`, what the Orthanc worker calls) or a whole
+folder (:func:`convert_tree`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from converters.asl import read_asl_headers
 from converters.bids.dataset import dump_json, participant_facts, sidecar
-from converters.bids.naming import sanitize_label
 from converters.bids.publish import (
     PublishRequest,
     StagedImage,
+    dataset_secret,
     discard_staging,
+    ensure_dataset,
     make_staging_dir,
     manifest_path,
     publish,
     read_manifest,
+    read_manifests,
 )
+from converters.bids.timing import bold_timing, rewrite_header
 from converters.classify import DEFAULT_RULES, Override, Rule, SeriesFacts, classify, place, screen
 from converters.conversion import dcm2niix_version, run_dcm2niix
 from converters.discover import discover
-from converters.errors import BidsBridgeError, DatasetError, DicomInputError, LabelError
-from converters.labels import Labels
+from converters.errors import BidsBridgeError, DatasetError, DicomInputError, LabelError, UnreadableDataError
+from converters.labels import Labels, SubjectLabel, usable_label
 from converters.records import (
     BidsTarget,
     ConvertedImage,
@@ -37,6 +43,8 @@ from converters.records import (
     Skip,
     UnusableFile,
 )
+from converters.regroup import regroup
+from converters.split import ImageSet, deduplicate, partition
 
 __all__ = ["convert_series", "convert_tree", "series_outputs"]
 
@@ -52,6 +60,7 @@ def _dataset_root(dataset_root: Path) -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DatasetError(f"cannot create the BIDS dataset folder {root}: {exc}") from exc
+    ensure_dataset(root, dcm2niix_version())
     return root
 
 
@@ -60,13 +69,11 @@ def _name(series: DicomSeries) -> str:
     return f"series {number} {series.series_description!r} ({series.series_uid})"
 
 
-def _subject(series: DicomSeries, subject: str | None, labels: Labels) -> str:
-    if subject is not None:
-        return sanitize_label(subject)
-    if not series.patient_id and "{PatientID}" in labels.subject:
-        raise DicomInputError(f"{_name(series)} has no PatientID; pass an explicit subject label")
+def _subject(series: DicomSeries, subject: str | None, labels: Labels, root: Path) -> SubjectLabel:
+    """The series' subject label (never refused for a missing PatientID; see
+    :meth:`Labels.resolve_subject`); a patient missing from a subject map is refused."""
     try:
-        return labels.subject_label(series)
+        return labels.resolve_subject(series, given=subject, secret=lambda: dataset_secret(root))
     except LabelError as exc:
         raise DicomInputError(f"{_name(series)}: {exc}") from exc
 
@@ -76,15 +83,33 @@ def _damage_message(series: DicomSeries) -> str:
     return f"{_name(series)} has damaged files: {listed}"
 
 
+def _bold_file(staging: Path, index: int, image: ConvertedImage) -> tuple[Path, dict[str, Any]]:
+    """The NIfTI file to publish for a ``bold`` image and sidecar fields to add: 4D, with the
+    header's TR equal to the sidecar's (see :mod:`converters.bids.timing`)."""
+    change = bold_timing(image.nifti, image.metadata)
+    extra = dict(change.sidecar or {})
+    if not change.header_changes:
+        return image.nifti, extra
+    fixed = staging / f"{index}.nii.gz"
+    rewrite_header(image.nifti, fixed, change)
+    logger.info("%s: bold header made consistent with its sidecar (%s)", image.nifti.name, change)
+    return fixed, extra
+
+
 def _stage(staging: Path, placements: Sequence[Placement]) -> tuple[StagedImage, ...]:
     folder = staging / "publish"
     folder.mkdir()
     staged: list[StagedImage] = []
     for index, placement in enumerate(placements):
         image, target = placement.image, placement.target
+        nifti = image.nifti
+        if (target.datatype, target.suffix) == ("func", "bold"):
+            nifti, extra = _bold_file(folder, index, image)
+            if extra:
+                target = replace(target, metadata={**extra, **target.metadata})
         sidecar_path = folder / f"{index}.json"
         sidecar_path.write_text(dump_json(sidecar(image.metadata, target)), encoding="utf-8")
-        files = {".nii.gz": image.nifti, ".json": sidecar_path}
+        files = {".nii.gz": nifti, ".json": sidecar_path}
         for key, text in sorted(target.companions.items()):
             companion = folder / f"{index}{key}"
             companion.write_text(text, encoding="utf-8")
@@ -95,7 +120,11 @@ def _stage(staging: Path, placements: Sequence[Placement]) -> tuple[StagedImage,
         elif image.bval or image.bvec:
             logger.info("%s: b-values left out, %s/%s does not take them", image.nifti, target.datatype, target.suffix)
         variant = (str(image.metadata.get("MRAcquisitionType", "")), str(image.metadata.get("SequenceName", "")))
-        staged.append(StagedImage(files=files, target=target, echo_times=_echo_times(placement), variant=variant))
+        staged.append(
+            StagedImage(
+                files=files, target=target, echo_times=_echo_times(placement), variant=variant, unit=placement.unit
+            )
+        )
     return tuple(staged)
 
 
@@ -114,6 +143,75 @@ def _echo_times(placement: Placement) -> tuple[float, ...]:
     return tuple(float(meta[key]) for key in keys if isinstance(meta.get(key), int | float))
 
 
+@dataclass(frozen=True)
+class _Decided:
+    """What the classifier made of a series: the images to publish, or why none; and notes."""
+
+    placements: tuple[Placement, ...]
+    skip: Skip | None
+    notes: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+
+
+def _combined_skip(skips: Sequence[tuple[ImageSet, Skip]]) -> Skip:
+    """One reason for a series none of whose acquisitions was placed."""
+    if len(skips) == 1:
+        return skips[0][1]
+    first = skips[0][1]
+    listed = "; ".join(f"{image_set.describe()}: {skip.reason}" for image_set, skip in skips)
+    codes = {skip.code for _set, skip in skips}
+    code = first.code if len(codes) == 1 else "unrecognised"
+    return Skip(f"dcm2niix wrote {len(skips)} images, none placed — {listed}", first.rule, code)
+
+
+def _decide(
+    series: DicomSeries, staging: Path, *, overrides: Sequence[Override], rules: Sequence[Rule]
+) -> _Decided:
+    """dcm2niix, then each acquisition dcm2niix wrote classified and named on its own facts."""
+    skip = screen(series)
+    if skip is not None:
+        return _Decided((), skip)
+    source = Path(os.path.commonpath([str(f) for f in series.files]))
+    try:
+        run = run_dcm2niix(series.files, staging / "dcm2niix", source=source)
+    except UnreadableDataError as exc:
+        return _Decided((), Skip(f"unreadable image data: {exc}", "unreadable", "unreadable"))
+    notes = [f"dcm2niix: {warning}" for warning in run.warnings]
+    sets, duplicates = deduplicate(partition(run.images))
+    notes.extend(duplicate.reason for duplicate in duplicates)
+    asl = read_asl_headers(series.files) if _is_asl(series, run.images) else None
+    placements: list[Placement] = []
+    skips: list[tuple[ImageSet, Skip]] = []
+    decided_by: list[str] = []
+    for image_set in sets:
+        siblings = tuple(other.images for other in sets if other is not image_set)
+        facts = SeriesFacts(series, image_set.images, asl=asl, siblings=siblings, residue=image_set.residue)
+        decision = classify(facts, rules=rules, overrides=overrides)
+        placed = place(facts, decision) if isinstance(decision, BidsTarget) else decision
+        if isinstance(placed, Skip):
+            skips.append((image_set, placed))
+            continue
+        assert isinstance(decision, BidsTarget)
+        notes.extend(decision.notes)
+        decided_by.append(decision.rule)
+        placements.extend(replace(placement, unit=image_set.index) for placement in placed)
+    if not placements:
+        if not skips:  # cannot happen: deduplicate keeps one of every voxel content
+            return _Decided((), Skip("dcm2niix wrote no image", "", "unreadable"), tuple(notes))
+        return _Decided((), _combined_skip(skips), tuple(notes))
+    if len(sets) > 1:
+        notes.extend(f"{image_set.describe()} left out ({skip.code}): {skip.reason}" for image_set, skip in skips)
+    return _Decided(tuple(placements), None, tuple(notes), tuple(dict.fromkeys(decided_by)))
+
+
+def _sources_digest(series: DicomSeries) -> str:
+    """Digest of the input series and instance files an acquisition was made from."""
+    digest = hashlib.sha256()
+    for part in series.parts:
+        digest.update(f"{part.series_uid}:{part.file_count}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def _convert_discovered(
     series: DicomSeries,
     root: Path,
@@ -126,59 +224,58 @@ def _convert_discovered(
 ) -> SeriesResult:
     if series.problems:
         raise DicomInputError(_damage_message(series), series.problems[0].path)
-    subject_label = _subject(series, subject, labels)
-    session_label = None if session is None else sanitize_label(session)
-    session_base = labels.session_label(series) if session is None else None
+    subject_label = _subject(series, subject, labels, root)
+    session_label = None if session is None else usable_label(session)
+    notes: list[str] = [subject_label.note] if subject_label.note else []
+    if session is not None and session_label is None:
+        notes.append("the given session label has no letters or digits: session from the study")
+    session_base = labels.session_label(series) if session_label is None else None
     version = dcm2niix_version()
     staging = make_staging_dir(root)
     try:
-        decision: BidsTarget | Skip
+        decided = _decide(series, staging, overrides=overrides, rules=rules)
+        notes.extend(decided.notes)
         staged: tuple[StagedImage, ...] = ()
-        skip = screen(series)
-        if skip is not None:
-            decision = skip
-        else:
-            source = Path(os.path.commonpath([str(f) for f in series.files]))
-            images = run_dcm2niix(series.files, staging / "dcm2niix", source=source)
-            asl = read_asl_headers(series.files) if _is_asl(series, images) else None
-            facts = SeriesFacts(series, images, asl=asl)
-            decision = classify(facts, rules=rules, overrides=overrides)
-            if isinstance(decision, BidsTarget):
-                placements = place(facts, decision)
-                if isinstance(placements, Skip):
-                    decision = placements
-                else:
-                    try:
-                        staged = _stage(staging, placements)
-                    except OSError as exc:
-                        raise DatasetError(f"cannot stage the outputs of {_name(series)} in {root}: {exc}") from exc
+        if decided.placements:
+            try:
+                staged = _stage(staging, decided.placements)
+            except OSError as exc:
+                raise DatasetError(f"cannot stage the outputs of {_name(series)} in {root}: {exc}") from exc
         published = publish(
             root,
             PublishRequest(
                 series=series,
-                subject=subject_label,
+                subject=subject_label.label,
                 session=session_label,
                 images=staged,
                 session_base=session_base,
                 participant=participant_facts(series.patient_sex, series.patient_age) if labels.demographics else {},
+                members=tuple(part.series_uid for part in series.parts),
+                sources=_sources_digest(series) if series.parts else "",
             ),
             dcm2niix_version=version,
         )
     finally:
         discard_staging(staging)
-    if isinstance(decision, Skip):
-        logger.info("%s skipped: %s", _name(series), decision.reason)
+    if session_label is None and session_base is None and published.session is not None and staged:
+        notes.append(f"no usable StudyDate: session {published.session!r} named after the StudyInstanceUID")
+    if decided.skip is not None:
+        logger.info("%s skipped: %s", _name(series), decided.skip.reason)
     else:
-        logger.info("%s converted (%s): %s", _name(series), decision.rule, ", ".join(published.outputs))
+        logger.info("%s converted (%s): %s", _name(series), ", ".join(decided.rules), ", ".join(published.outputs))
     return SeriesResult(
         series_uid=series.series_uid,
         series_description=series.series_description,
-        state="skipped" if isinstance(decision, Skip) else "converted",
-        reason=decision.reason if isinstance(decision, Skip) else None,
+        state="skipped" if decided.skip is not None else "converted",
+        reason=decided.skip.reason if decided.skip is not None else None,
         outputs=published.outputs,
-        subject=subject_label,
+        subject=subject_label.label,
         session=published.session,
         series_number=series.series_number,
+        reason_code=decided.skip.code if decided.skip is not None else None,
+        notes=tuple(dict.fromkeys(notes)),
+        acquisition=series.series_uid if series.parts else None,
+        members=tuple(part.series_uid for part in series.parts),
     )
 
 
@@ -200,16 +297,19 @@ def convert_series(
     overrides: Sequence[Override] = (),
     labels: Labels | None = None,
 ) -> SeriesResult:
-    """Convert the one series whose files are in ``dicom_dir`` into the BIDS dataset.
+    """Convert the one series whose files are in ``dicom_dir`` into the BIDS dataset — or the one
+    acquisition whose parts (several series, see :mod:`converters.regroup`) are all in it.
 
     ``subject`` defaults to the sanitized PatientID, ``session`` to the StudyDate (disambiguated
     when the subject has another study that day); ``labels`` changes those defaults (templates,
-    pseudonyms, see :class:`~converters.labels.Labels`). Re-converting a series replaces its files.
+    pseudonyms, see :class:`~converters.labels.Labels`); a missing or placeholder PatientID falls
+    back to a hashed label (said in the result's ``notes``). Re-converting a series replaces its
+    files; converting an acquisition replaces what its parts had been converted into alone.
 
-    Returns a result with state ``converted`` or ``skipped`` (with the reason). Raises
-    :class:`DicomInputError` when the input is unusable (damaged or non-DICOM files, no DICOM,
-    more than one series, no PatientID) — retrying will not help — and
-    :class:`ConversionError` / :class:`DatasetError` for failures worth retrying.
+    Returns a result with state ``converted`` or ``skipped`` (with the reason and its code).
+    Raises :class:`DicomInputError` when the input is unusable (damaged or non-DICOM files, no
+    DICOM, more than one series) — retrying will not help — and :class:`ConversionError` /
+    :class:`DatasetError` for failures worth retrying.
     """
     root = _dataset_root(dataset_root)
     inventory = _discover(dicom_dir)
@@ -221,11 +321,12 @@ def convert_series(
         raise DicomInputError(f"damaged or non-DICOM files: {listed}", damaged[0].path)
     if not inventory.series:
         raise DicomInputError("no DICOM instances found", dicom_dir)
-    if len(inventory.series) > 1:
-        listed = ", ".join(_name(series) for series in inventory.series)
-        raise DicomInputError(f"expected one series, found {len(inventory.series)}: {listed}", dicom_dir)
+    units = regroup(inventory.series)
+    if len(units) > 1:
+        listed = ", ".join(_name(series) for series in units)
+        raise DicomInputError(f"expected one series, found {len(units)}: {listed}", dicom_dir)
     return _convert_discovered(
-        inventory.series[0],
+        units[0],
         root,
         subject=subject,
         session=session,
@@ -233,6 +334,24 @@ def convert_series(
         rules=DEFAULT_RULES,
         labels=labels or Labels(),
     )
+
+
+def _per_part(result: SeriesResult, unit: DicomSeries) -> list[SeriesResult]:
+    """One record per input series: an acquisition's parts each get its result."""
+    if not unit.parts:
+        return [result]
+    together = ", ".join(str(part.series_number) for part in unit.parts)
+    note = f"converted together with series {together} as one acquisition (filed as {unit.series_uid})"
+    return [
+        replace(
+            result,
+            series_uid=part.series_uid,
+            series_description=part.series_description,
+            series_number=part.series_number,
+            notes=(note, *result.notes),
+        )
+        for part in unit.parts
+    ]
 
 
 def convert_tree(
@@ -246,18 +365,20 @@ def convert_tree(
 ) -> list[SeriesResult]:
     """Discover and convert every series under ``input_dir``; one bad series never stops the others.
 
-    Each series gives one result, with the files it owns once every series is in (a later true
-    repeat may have renumbered an earlier series' runs); a series that raised is reported as ``failed`` with the error
-    message as reason. Files that belong to no series are reported too, with an empty
-    ``series_uid`` and their path as ``series_description``: ``skipped`` for plainly non-DICOM
-    files (``notes.txt``, DICOMDIR, duplicates), ``failed`` for damaged DICOM-like files.
-    Raises :class:`DicomInputError` only if ``input_dir`` itself cannot be read.
+    Series that are parts of one acquisition are converted together (:mod:`converters.regroup`);
+    each input series still gives one result, with the files it owns once every series is in (a
+    later true repeat may have renumbered an earlier series' runs); a series that raised is
+    reported as ``failed`` with the error message as reason. Files that belong to no series are
+    reported too, with an empty ``series_uid`` and their path as ``series_description``:
+    ``skipped`` for plainly non-DICOM files (``notes.txt``, DICOMDIR, duplicates), ``failed`` for
+    damaged DICOM-like files. Raises :class:`DicomInputError` only if ``input_dir`` itself cannot
+    be read.
     """
     root = _dataset_root(dataset_root)
     source = Path(input_dir)
     inventory = _discover(source)
     results: list[SeriesResult] = []
-    for series in inventory.series:
+    for series in regroup(inventory.series):
         try:
             result = _convert_discovered(
                 series,
@@ -279,8 +400,10 @@ def convert_tree(
                 state="failed",
                 reason=str(exc) if isinstance(exc, BidsBridgeError) else f"{type(exc).__name__}: {exc}",
                 series_number=series.series_number,
+                acquisition=series.series_uid if series.parts else None,
+                members=tuple(part.series_uid for part in series.parts),
             )
-        results.append(result)
+        results.extend(_per_part(result, series))
     # A later series may have renamed an earlier one's files (runs of true repeats): report where
     # each series' files are now.
     results = [_current(root, result) if result.state == "converted" else result for result in results]
@@ -295,6 +418,9 @@ def convert_tree(
                 series_description=shown,
                 state="skipped" if item.kind == "foreign" else "failed",
                 reason=item.describe(),
+                reason_code=("duplicate" if item.reason.startswith("duplicate of") else "not-an-image")
+                if item.kind == "foreign"
+                else None,
             )
         )
     return results
@@ -302,13 +428,17 @@ def convert_tree(
 
 def _current(root: Path, result: SeriesResult) -> SeriesResult:
     """``result`` with the files and session its series has now (later series may have moved them)."""
-    manifest = read_manifest(manifest_path(root, result.series_uid))
+    manifest = read_manifest(manifest_path(root, result.acquisition or result.series_uid))
     if manifest is None:
         return result
     return replace(result, outputs=manifest.outputs, session=manifest.session)
 
 
 def series_outputs(dataset_root: Path, series_uid: str) -> list[str]:
-    """Files (relative to the dataset root, sorted) the series currently owns; [] if none."""
-    manifest = read_manifest(manifest_path(Path(dataset_root).resolve(), series_uid))
+    """Files (relative to the dataset root, sorted) the series currently owns — directly, or as a
+    part of an acquisition converted together (:mod:`converters.regroup`); [] if none."""
+    root = Path(dataset_root).resolve()
+    manifest = read_manifest(manifest_path(root, series_uid))
+    if manifest is None:
+        manifest = next((m for m in read_manifests(root).values() if series_uid in m.members), None)
     return [] if manifest is None else list(manifest.outputs)

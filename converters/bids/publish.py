@@ -9,7 +9,9 @@ ignores it):
 - ``series/<sha256 of SeriesInstanceUID>.json`` — the manifest of one series: its subject,
   session, study and the files it owns. Re-publishing a series replaces exactly those files;
 - ``tmp/<random>/`` — private staging folders (same file system as the dataset, so the final
-  moves are renames).
+  moves are renames);
+- ``label-key`` — a random secret made on first need (mode 0600): the key of the hashed
+  subject labels of series without a usable PatientID (:meth:`converters.labels.Labels.resolve_subject`).
 
 Nothing written here depends on time or on the machine: participants.tsv and every
 ``*_scans.tsv`` are regenerated from the manifests (plus rows the user added for files bidsbridge
@@ -24,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 import uuid
@@ -57,7 +60,9 @@ __all__ = [
     "StagedImage",
     "StudyKey",
     "dataset_lock",
+    "dataset_secret",
     "discard_staging",
+    "ensure_dataset",
     "make_staging_dir",
     "manifest_path",
     "publish",
@@ -107,6 +112,10 @@ class SeriesManifest:
     study_date: str = ""
     #: participants.tsv columns from this series' headers (``age``, ``sex``).
     participant: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: For an acquisition spread over several series (:mod:`converters.regroup`): the input
+    #: series converted into it, and a digest of their instances (same digest: same input).
+    members: tuple[str, ...] = ()
+    sources: str = ""
 
     def entry(self) -> SeriesEntry:
         return SeriesEntry(self.series_uid, self.series_number, self.acquisition_time, self.images)
@@ -125,6 +134,8 @@ class SeriesManifest:
             "study_date": self.study_date,
             "session_fixed": self.session_fixed,
             "participant": dict(self.participant),
+            "members": list(self.members),
+            "sources": self.sources,
             "outputs": list(self.outputs),
             "scans": [{"filename": name, "acq_time": time} for name, time in self.scans],
             "images": [
@@ -150,6 +161,8 @@ class SeriesManifest:
             study_date=str(data.get("study_date", "")),
             session_fixed=bool(data.get("session_fixed", True)),
             participant={str(k): str(v) for k, v in data.get("participant", {}).items()},
+            members=tuple(str(m) for m in data.get("members", ())),
+            sources=str(data.get("sources", "")),
             images=tuple(ImageRecord.from_json(image) for image in data.get("images", ())),
             placed=tuple({str(k): str(v) for k, v in image["placed"].items()} for image in data.get("images", ())),
         )
@@ -166,6 +179,8 @@ class StagedImage:
     echo_times: tuple[float, ...] = ()
     #: (MRAcquisitionType, SequenceName): see :class:`ImageRecord`.
     variant: tuple[str, ...] = ()
+    #: The acquisition of its series the image belongs to (see :class:`ImageRecord`).
+    unit: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +197,11 @@ class PublishRequest:
     session_base: str | None = None
     #: participants.tsv columns this series' headers give (``age``, ``sex``), when allowed.
     participant: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: Input series this one is made of (an acquisition spread over several series) and the
+    #: digest of their instances; their own manifests, if any (converted alone before), are
+    #: superseded: removed with their files.
+    members: tuple[str, ...] = ()
+    sources: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,6 +256,35 @@ def dataset_lock(root: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+SECRET_NAME = "label-key"
+
+
+def dataset_secret(root: Path) -> bytes:
+    """The dataset's own random secret (32 bytes, hex in ``.bidsbridge/label-key``), made
+    atomically on first use so that concurrent workers all read the same one."""
+    folder = _bookkeeping(root)
+    path = folder / SECRET_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            temporary = folder / f".{SECRET_NAME}.{uuid.uuid4().hex}.tmp"
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+            try:
+                os.link(temporary, path)  # fails if another process made it first: theirs wins
+            except FileExistsError:
+                pass
+            finally:
+                temporary.unlink(missing_ok=True)
+        text = path.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise DatasetError(f"cannot read or create the dataset's label key {path}: {exc}") from exc
+    if len(text) < 32:
+        raise DatasetError(f"the dataset's label key {path} is damaged; delete it only if no label depends on it")
+    return text.encode("ascii")
 
 
 def make_staging_dir(root: Path) -> Path:
@@ -432,6 +481,18 @@ def _refresh_participants(root: Path, manifests: Mapping[str, SeriesManifest]) -
         _write_text(sidecar_path, dump_json(wanted))
 
 
+def ensure_dataset(root: Path, dcm2niix_version: str) -> None:
+    """Make ``root`` a BIDS dataset (its dataset-level files) under the dataset lock, whatever is
+    converted into it later: a dataset never exists without ``dataset_description.json``."""
+    try:
+        with dataset_lock(root):
+            _ensure_dataset_files(root, dcm2niix_version)
+    except OSError as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(f"cannot write the dataset files of {root}: {exc}") from exc
+
+
 def _ensure_dataset_files(root: Path, dcm2niix_version: str) -> None:
     """Create dataset_description.json, README.md and CHANGES when missing; never overwrite the user's."""
     if not (root / "dataset_description.json").exists():
@@ -615,8 +676,20 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
     try:
         with dataset_lock(root):
             manifests = read_manifests(root)
-            previous = manifests.get(uid)
             touched: set[tuple[str, str | None]] = set()
+            for member in request.members:
+                superseded = manifests.get(member) if member != uid else None
+                if superseded is not None:  # converted alone before the rest of its acquisition came
+                    for stale in sorted(superseded.outputs):
+                        (root / stale).unlink(missing_ok=True)
+                        _remove_empty_parents(root, root / stale)
+                    manifest_path(root, member).unlink(missing_ok=True)
+                    del manifests[member]
+                    _settle(
+                        root, superseded.subject, superseded.session, manifests, incoming=None, staged=(), previous=None
+                    )
+                    touched.add((superseded.subject, superseded.session))
+            previous = manifests.get(uid)
             session = request.session
             base = request.session_base
             if base is None and len(request.series.study_date) == 8 and request.series.study_date.isdigit():
@@ -667,9 +740,12 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                             extensions=tuple(sorted(image.files, key=_EXTENSION_ORDER.index)),
                             echo_times=image.echo_times,
                             variant=image.variant,
+                            unit=image.unit,
                         )
                         for image in request.images
                     ),
+                    members=request.members,
+                    sources=request.sources,
                 )
             if previous is not None and (
                 incoming is None or (previous.subject, previous.session) != (request.subject, session)

@@ -65,6 +65,9 @@ class ImageRecord:
     #: What makes two acquisitions the same protocol: (MRAcquisitionType, SequenceName).
     #: Clashing series that differ here are told apart by ``acq``, not ``run``.
     variant: tuple[str, ...] = ()
+    #: The acquisition of its series the image belongs to (a series dcm2niix split into several
+    #: acquisitions is named as that many units, see :func:`converters.split.partition`).
+    unit: int = 0
 
     def target(self, run: str | None, acq: str | None = None) -> BidsTarget:
         entities = {k: v for k, v in self.entities.items() if k != "run"}
@@ -82,6 +85,7 @@ class ImageRecord:
             "extensions": list(self.extensions),
             "echo_times": list(self.echo_times),
             "variant": list(self.variant),
+            "unit": self.unit,
         }
 
     @classmethod
@@ -93,6 +97,7 @@ class ImageRecord:
             extensions=tuple(str(e) for e in data["extensions"]),
             echo_times=tuple(float(t) for t in data.get("echo_times", ())),
             variant=tuple(str(v) for v in data.get("variant", ())),
+            unit=int(data.get("unit", 0)),
         )
 
 
@@ -104,10 +109,19 @@ class SeriesEntry:
     series_number: int | None
     acquisition_time: str
     images: tuple[ImageRecord, ...]
+    #: For one acquisition of a split series (see :func:`_split`): the positions of ``images`` in
+    #: the series' image list; empty for a whole series.
+    indices: tuple[int, ...] = ()
 
     @property
-    def order(self) -> tuple[str, int, str]:
-        return (self.acquisition_time or "~", -1 if self.series_number is None else self.series_number, self.series_uid)
+    def order(self) -> tuple[str, int, str, int]:
+        unit = self.images[0].unit if self.images else 0
+        number = -1 if self.series_number is None else self.series_number
+        return (self.acquisition_time or "~", number, self.series_uid, unit)
+
+    def positions(self) -> tuple[int, ...]:
+        """Positions of the entry's images in its series' image list."""
+        return self.indices or tuple(range(len(self.images)))
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,20 @@ def file_path(subject: str, session: str | None, target: BidsTarget, key: str) -
         suffix, dot, extension = key[1:].partition(".")
         return relative_path(subject, session, replace(target, suffix=suffix), f"{dot}{extension}")
     return relative_path(subject, session, target, key)
+
+
+def _split(entries: Sequence[SeriesEntry]) -> list[SeriesEntry]:
+    """Each series as one entry per acquisition (unit) it holds: units are named apart."""
+    parts: list[SeriesEntry] = []
+    for entry in entries:
+        units = sorted({image.unit for image in entry.images})
+        if len(units) <= 1:
+            parts.append(entry)
+            continue
+        for unit in units:
+            indices = tuple(i for i, image in enumerate(entry.images) if image.unit == unit)
+            parts.append(replace(entry, images=tuple(entry.images[i] for i in indices), indices=indices))
+    return parts
 
 
 def _base(image: ImageRecord) -> tuple[str, str, tuple[tuple[str, str], ...]]:
@@ -194,7 +222,7 @@ def layout(
     ``foreign(path)`` says whether a path is taken by a file no series owns (it is never
     overwritten: the unit moves to the next free run).
     """
-    units = _units(_with_magnitude_parts(entries))
+    units = _units(_split(_with_magnitude_parts(entries)))
     # Units that share any base name are repeats of one another (union-find over names).
     parent = list(range(len(units)))
 
@@ -217,7 +245,7 @@ def layout(
     for index in range(len(units)):
         groups.setdefault(find(index), []).append(index)
 
-    slots: dict[str, list[Slot]] = {}
+    found_slots: dict[str, dict[int, Slot]] = {}
     claimed: set[str] = set()  # never two units on one path, whatever acq/run gave
 
     def taken(path: str) -> bool:
@@ -233,9 +261,10 @@ def layout(
                 else:
                     run = str(position)
                 placed = _place(subject, session=session, unit=unit, run=run, acq=acq, foreign=taken)
-                claimed.update(p for found in placed.values() for slot in found for p in slot.paths.values())
-                slots.update(placed)
-    return slots
+                claimed.update(p for found in placed.values() for slot in found.values() for p in slot.paths.values())
+                for uid, by_position in placed.items():
+                    found_slots.setdefault(uid, {}).update(by_position)
+    return {uid: [by_position[i] for i in sorted(by_position)] for uid, by_position in found_slots.items()}
 
 
 def _variant(unit: Sequence[SeriesEntry]) -> tuple[str, ...]:
@@ -284,22 +313,19 @@ def _place(
     run: str | None,
     acq: str | None,
     foreign: Callable[[str], bool],
-) -> dict[str, list[Slot]]:
-    """Slots of one unit; a name taken by a foreign file moves the unit to the next free run."""
+) -> dict[str, dict[int, Slot]]:
+    """Slots of one unit by series and image position; a name taken by a foreign file moves the
+    unit to the next free run."""
     attempt = 0
     while True:
         candidate = run if attempt == 0 else str((int(run) if run else 1) + attempt)
-        placed = {
-            entry.series_uid: [
-                Slot(
-                    image.target(candidate, acq),
-                    {ext: file_path(subject, session, image.target(candidate, acq), ext) for ext in image.extensions},
-                )
-                for image in entry.images
-            ]
-            for entry in unit
-        }
-        if not any(foreign(p) for images in placed.values() for slot in images for p in slot.paths.values()):
+        placed: dict[str, dict[int, Slot]] = {}
+        for entry in unit:
+            for position, image in zip(entry.positions(), entry.images, strict=True):
+                target = image.target(candidate, acq)
+                paths = {ext: file_path(subject, session, target, ext) for ext in image.extensions}
+                placed.setdefault(entry.series_uid, {})[position] = Slot(target, paths)
+        if not any(foreign(p) for images in placed.values() for slot in images.values() for p in slot.paths.values()):
             return placed
         attempt += 1
 
@@ -317,7 +343,7 @@ def _fieldmap_groups(entries: Sequence[SeriesEntry]) -> list[list[SeriesEntry]]:
     each run of consecutive ``epi`` series with opposite directions (a pepolar pair, e.g.
     ``dir-AP`` + ``dir-PA``, is one input to one estimation)."""
     groups: list[list[SeriesEntry]] = []
-    for unit in _units(entries):
+    for unit in _units(_split(entries)):
         if _is_gre(unit[0]):
             suffixes = {image.suffix for entry in unit for image in entry.images}
             if "phasediff" in suffixes or "fieldmap" in suffixes or {"phase1", "phase2"} <= suffixes:
@@ -355,8 +381,13 @@ def links(
     names = [f"{label}_fmap{n}" if label else f"fmap{n}" for n in range(1, len(units) + 1)]
     starts = [unit[0].order for unit in units]
     served: dict[int, list[str]] = {n: [] for n in range(len(units))}
-    for entry in sorted(entries, key=lambda e: e.order):
-        for image, slot in zip(entry.images, slots.get(entry.series_uid, ()), strict=False):
+
+    def slots_of(entry: SeriesEntry) -> list[tuple[ImageRecord, Slot]]:
+        found = slots.get(entry.series_uid, ())
+        return [(image, found[i]) for i, image in zip(entry.positions(), entry.images, strict=True) if i < len(found)]
+
+    for entry in sorted(_split(entries), key=lambda e: e.order):
+        for image, slot in slots_of(entry):
             if (image.datatype, image.suffix) not in CORRECTED or ".json" not in slot.paths:
                 continue
             before = [n for n, start in enumerate(starts) if start <= entry.order]
@@ -367,7 +398,7 @@ def links(
         if not served[number]:
             continue
         for entry in unit:
-            for slot in slots.get(entry.series_uid, ()):
+            for _image, slot in slots_of(entry):
                 if ".json" in slot.paths:
                     fields[slot.paths[".json"]] = {
                         "B0FieldIdentifier": names[number],

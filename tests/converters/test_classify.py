@@ -124,7 +124,7 @@ def test_overrides_replace_fields() -> None:
     other = Override(series_uid="1.1", skip="not this one")
     assert classify(facts, overrides=[place_it, other]).rule == "override"
     assert classify(facts, overrides=[Override(description="t1*", skip="site says no")]) == Skip(
-        "site says no", "override"
+        "site says no", "override", "rule"
     )
 
 
@@ -157,9 +157,10 @@ def test_fmri_without_a_task_takes_it_from_the_series_name() -> None:
     )
     decision = classify(facts)
     assert decision == BidsTarget("func", "bold", {"task": "ep2dboldrest"}, {"TaskName": "ep2dboldrest"}, rule="bold")
-    nameless = SeriesFacts(_series(series_description="--", protocol_name=""), (four_d,))
-    refused = classify(nameless)
-    assert isinstance(refused, Skip) and "func-bold_task-<label>" in refused.reason
+    # No name at all (a de-identified export): still fMRI, under a task label that says so.
+    nameless = classify(SeriesFacts(_series(series_description="--", protocol_name=""), (four_d,)))
+    assert isinstance(nameless, BidsTarget) and nameless.entities == {"task": "unnamed"}
+    assert nameless.metadata == {"TaskName": "unnamed"} and "no SeriesDescription" in nameless.notes[0]
 
 
 def test_asl_fields_trust_only_a_plausible_volume_order() -> None:
@@ -258,10 +259,14 @@ def test_contrast_agent_phase_and_mp2rage_parts() -> None:
 
 
 def test_spin_echo_field_maps_by_name() -> None:
-    facts = SeriesFacts(_series(series_description="SpinEchoFieldMap_PA"), (_epi((64, 64, 30, 3)),))
+    image = _epi((64, 64, 30, 3), TotalReadoutTime=0.05)
+    facts = SeriesFacts(_series(series_description="SpinEchoFieldMap_PA"), (image,))
     assert classify(facts) == BidsTarget("fmap", "epi", {"dir": "AP"}, rule="pepolar")
     long_run = SeriesFacts(_series(series_description="topup_rest"), (_epi((64, 64, 30, 200)),))
     assert classify(long_run).rule == "bold"  # a time series, whatever its name
+    # BIDS requires the readout time of an EPI field map: without it, skipped naming it.
+    bare = classify(SeriesFacts(_series(series_description="SpinEchoFieldMap_PA"), (_epi((64, 64, 30, 3)),)))
+    assert isinstance(bare, Skip) and bare.code == "missing-metadata" and "TotalReadoutTime" in bare.reason
 
 
 def test_only_gre_field_map_guesses_count() -> None:

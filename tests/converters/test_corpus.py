@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from converters import convert_tree
@@ -14,6 +16,8 @@ from tests.converters.helpers import Converted
 from tests.validator import validate
 
 GE = "sub-DEV/ses-20180918/func/sub-DEV_ses-20180918"
+POLAR = "sub-210813petest/ses-20210813/fmap/sub-210813petest_ses-20210813"
+TWELVE = "sub-ResearchCRlab/ses-20070203/func/sub-ResearchCRlab_ses-20070203"
 
 #: suite -> (SeriesNumber, SeriesDescription) -> stems (folder/stem, no extension) of its images.
 EXPECTED: dict[str, dict[tuple[int, str], list[str]]] = {
@@ -68,6 +72,37 @@ EXPECTED: dict[str, dict[tuple[int, str], list[str]]] = {
             (2, "ep2d_Asc"), (4, "ep2d_Int"), (5, "ep2d_Int_HF"), (6, "cmrr_Asc"), (7, "cmrr_Asc_HF"),
             (8, "cmrr_Int"), (9, "cmrr_Int_HF"), (10, "ep2d_Asc_HF"),
         ]
+    },
+    "dcm_qa_polar": {
+        # GE epi_pepolar: series 6 and 8 hold both polarities (dcm2niix splits them into two
+        # images each, the second under SeriesNumber 1006/1008); 7 and 9 one polarity each. All
+        # spin-echo EPI field maps, runs per direction in acquisition order.
+        (6, "FM_cv12_2_3mm"): [f"{POLAR}_dir-AP_run-1_epi", f"{POLAR}_dir-PA_run-1_epi"],
+        (7, "FM_cv12_1_3mm"): [f"{POLAR}_dir-AP_run-2_epi"],
+        (8, "FM_cv12_3_3mm"): [f"{POLAR}_dir-AP_run-3_epi", f"{POLAR}_dir-PA_run-2_epi"],
+        (9, "FM_cv12_0_3mm"): [f"{POLAR}_dir-PA_run-3_epi"],
+    },
+    "dcm_qa_xa30i_bold": {
+        # Six single-volume series of one BOLD run (classic export, MFSPLIT): one 4D run.
+        (number, "func-bold_task-fa_run-1"): ["sub-999/ses-20230113/func/sub-999_ses-20230113_task-fa_run-1_bold"]
+        for number in range(7001, 7007)
+    },
+    "dcm_qa_12bit": {
+        # One series holding three single-volume mosaics (SeriesNumbers 2-4, one SOP Instance
+        # UID, different pixel data): three runs of a single-volume EPI run, 4D each.
+        (4, "FMRI_AX_ASC"): [f"{TWELVE}_task-FMRIAXASC_run-{n}_bold" for n in (1, 2, 3)],
+    },
+    "dcm_qa_ts": {
+        # One image in nine transfer syntaxes (nine SeriesNumbers of one series): voxel-identical,
+        # written once.
+        (1, "ax_asc_35sl"): ["sub-crlab/ses-20140310/func/sub-crlab_ses-20140310_task-axasc35sl_bold"],
+    },
+    "dcm_qa_deident": {
+        (10, "Accelerated SAG IR-SPGR"): ["sub-FRUIT/ses-20240425/anat/sub-FRUIT_ses-20240425_T1w"],
+    },
+    "dcm_qa_frag": {
+        (5001, "anat-T1w_acq-tfl"): ["sub-999/ses-20230113/anat/sub-999_ses-20230113_acq-tfl_T1w"],
+        (6001, "anat-T1w_acq-tfl"): ["sub-999/ses-20230113/anat/sub-999_ses-20230113_acq-tfl_rec-norm_T1w"],
     },
     "dcm_qa_enh": {
         (6, "REST1 w SMS PF7-8"): [
@@ -134,3 +169,62 @@ def test_sidecars_carry_no_identifiers(suite: Converted) -> None:
         sidecar = json.loads(path.read_text())
         assert not IDENTIFYING_KEYS & set(sidecar), path
         assert not {"InstitutionName", "StationName", "DeviceSerialNumber"} & set(sidecar), path
+
+
+def _voxels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(path)
+    data = np.asanyarray(image.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:  # a 3D image published as 4D of one volume
+        data = data[..., 0]
+    return data, image.affine
+
+
+#: The whole corpus, including the suites checked by other modules, for the coverage test below.
+ALL_SUITES = sorted({*EXPECTED, "dcm_qa_xa30"})
+
+
+@pytest.mark.parametrize("suite", ALL_SUITES, indirect=True)
+def test_every_primary_image_dcm2niix_makes_lands_in_raw_bids(
+    suite: Converted, corpus: Path, request: pytest.FixtureRequest
+) -> None:
+    """Every ORIGINAL image of the pinned dcm2niix's own conversion of the suite (``expected/``)
+    is in the raw dataset with the same voxels and affine, or voxel-identical to one that is
+    (a duplicate, reported); every image with b > 0 is in ``dwi/``."""
+    name = request.node.callspec.params["suite"]
+    published = sorted(suite.root.glob("sub-*/**/*.nii.gz"))
+    loaded = {p: _voxels(p) for p in published}
+    for sidecar in sorted((corpus / name / "expected").glob("**/*.json")):
+        meta = json.loads(sidecar.read_text())
+        if str(meta.get("ImageType", ["?"])[0]).upper() != "ORIGINAL":
+            continue
+        data, affine = _voxels(sidecar.parent / (sidecar.name[: -len(".json")] + ".nii.gz"))
+        homes = [
+            p for p, (voxels, where) in loaded.items()
+            if voxels.shape == data.shape and np.allclose(where, affine, atol=1e-4) and np.array_equal(voxels, data)
+        ]  # fmt: skip
+        assert homes, f"{name}: {sidecar.name} (ImageType ORIGINAL) is not in the raw dataset"
+        bval = sidecar.parent / (sidecar.name[: -len(".json")] + ".bval")
+        if bval.is_file() and any(float(b) > 0 for b in bval.read_text().split()):
+            assert all("/dwi/" in str(p) for p in homes), (sidecar.name, homes)
+
+
+@pytest.mark.parametrize("suite", ["dcm_qa_xa30i_bold"], indirect=True)
+def test_a_run_exported_one_volume_per_series_is_one_4d_run(suite: Converted, corpus: Path) -> None:
+    (expected,) = (corpus / "dcm_qa_xa30i_bold" / "expected").glob("*.nii.gz")
+    (run,) = suite.root.glob("sub-*/ses-*/func/*_bold.nii.gz")
+    ours, reference = nib.load(run), nib.load(expected)
+    assert ours.shape == reference.shape == (64, 64, 33, 6)
+    assert np.array_equal(np.asanyarray(ours.dataobj), np.asanyarray(reference.dataobj))
+    assert np.allclose(ours.affine, reference.affine)
+    results = [r for r in suite.results if r.series_uid]
+    assert len(results) == 6 and len({r.acquisition for r in results}) == 1
+    assert all(r.members == results[0].members and len(r.members) == 6 for r in results)
+    assert "as one acquisition" in results[0].notes[0]
+
+
+@pytest.mark.parametrize("suite", ["dcm_qa_ts"], indirect=True)
+def test_duplicates_are_written_once_and_reported(suite: Converted) -> None:
+    (result,) = [r for r in suite.results if r.series_uid]
+    duplicates = [note for note in result.notes if "voxel-identical" in note]
+    assert len(duplicates) == 8, result.notes
+    assert all("(SeriesNumber 1), which is kept" in note for note in duplicates), duplicates

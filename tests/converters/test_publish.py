@@ -181,8 +181,10 @@ def test_explicit_labels_and_user_columns(xa30: Path, tmp_path: Path) -> None:
     )
     described = json.loads((root / "participants.json").read_text())
     assert described["age"]["Units"] == "year" and "M" in described["sex"]["Levels"]
-    with pytest.raises(ValueError, match="cannot be a BIDS label"):
-        convert_series(series_dir(xa30, 5), root, subject="@@")
+    # A given label without letters or digits is not a label: the series still lands, under the
+    # PatientID, and the result says why.
+    fallback = convert_series(series_dir(xa30, 5), root, subject="@@")
+    assert fallback.subject == "12343hucheng" and "given subject label" in fallback.notes[0]
 
 
 def test_no_staging_leftovers(xa30: Path, tmp_path: Path) -> None:
