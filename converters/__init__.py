@@ -21,7 +21,7 @@ from converters.errors import (
     UnreadableDataError,
 )
 from converters.labels import Labels
-from converters.pipeline import convert_series, convert_tree, series_outputs
+from converters.pipeline import convert_series, convert_tree, converted_sources, series_outputs
 from converters.records import SeriesResult
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "UnreadableDataError",
     "convert_series",
     "convert_tree",
+    "converted_sources",
     "sanitize_label",
     "series_outputs",
 ]

@@ -744,7 +744,7 @@ def rule_sbref(facts: SeriesFacts) -> Classification | None:
     """Single-band reference images (CMRR/Siemens ``*_SBRef``, or dcm2niix's ``sbref`` guess):
     one EPI volume saved beside a multiband run. Beside diffusion it is ``dwi/…_sbref`` (with
     ``dir``); otherwise ``func/…_sbref`` with the task its run gets (the series name without
-    ``SBRef``)."""
+    ``SBRef``, else ``unnamed`` as for a run without a name, see :func:`rule_bold`)."""
     description = facts.series.series_description
     guess = facts.bids_guess
     guessed = guess is not None and guess[1].rsplit("_", 1)[-1] == "sbref"
@@ -755,22 +755,21 @@ def rule_sbref(facts: SeriesFacts) -> Classification | None:
     name = f"single-band reference {description!r}"
     if "DIFFUSION" in facts.image_types or re.search(r"dwi|diff|dti", description, re.IGNORECASE):
         return _finish(facts, BidsTarget("dwi", "sbref", rule="sbref"), name=name)
-    for text in (_strip_sbref(description), _strip_sbref(facts.series.protocol_name)):
-        try:
-            task = sanitize_label(text)
-        except LabelError:
-            continue
-        return _finish(facts, BidsTarget("func", "sbref", {"task": task}, rule="sbref"), name=name)
-    return None
+    task, note = _task((_strip_sbref(description), _strip_sbref(facts.series.protocol_name)))
+    decision = _finish(facts, BidsTarget("func", "sbref", {"task": task}, rule="sbref"), name=name)
+    if note is not None and isinstance(decision, BidsTarget):
+        decision = replace(decision, notes=(*decision.notes, note))
+    return decision
 
 
 #: Task label of fMRI whose series has neither SeriesDescription nor ProtocolName.
 UNNAMED_TASK = "unnamed"
 
 
-def _task(facts: SeriesFacts) -> tuple[str, str | None]:
-    """(task label, note): from SeriesDescription, else ProtocolName, else :data:`UNNAMED_TASK`."""
-    for text in facts.names:
+def _task(names: Sequence[str]) -> tuple[str, str | None]:
+    """(task label, note): from the first of ``names`` (SeriesDescription, ProtocolName) with
+    letters or digits, else :data:`UNNAMED_TASK`."""
+    for text in names:
         try:
             return sanitize_label(text), None
         except LabelError:
@@ -788,7 +787,7 @@ def rule_bold(facts: SeriesFacts) -> Classification | None:
     types = facts.image_types
     if not facts.epi or "DIFFUSION" in types or facts.diffusion_weighted or "ASL" in types:
         return None
-    task, note = _task(facts)
+    task, note = _task(facts.names)
     name = f"EPI time series of {facts.volumes} volume(s)"
     decision = _finish(facts, BidsTarget("func", "bold", {"task": task}, rule="bold"), name=name)
     if note is not None and isinstance(decision, BidsTarget):

@@ -64,9 +64,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _line(result: SeriesResult) -> str:
     number = "" if result.series_number is None else f"#{result.series_number} "
     what = f"{number}{result.series_description or result.series_uid}"
+    notes = "".join(f"           note: {note}\n" for note in result.notes)
     if result.state == "converted":
-        return f"{result.state:<9}  {what}\n" + "".join(f"           -> {path}\n" for path in result.outputs)
-    return f"{result.state:<9}  {what}: {result.reason or '(no reason given)'}\n"
+        return f"{result.state:<9}  {what}\n" + "".join(f"           -> {path}\n" for path in result.outputs) + notes
+    code = f" [{result.reason_code}]" if result.reason_code else ""
+    return f"{result.state:<9}  {what}{code}: {result.reason or '(no reason given)'}\n" + notes
 
 
 def summarize(results: Sequence[SeriesResult], out: TextIO) -> bool:

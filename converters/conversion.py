@@ -14,13 +14,15 @@ The exit code (dcm2niix's ``ERRORS.md``) and the files written decide the outcom
 =========================  ===================================================================
 exit code                  outcome of :func:`run_dcm2niix`
 =========================  ===================================================================
-0, 1 or 8, NIfTI written   a :class:`~converters.records.Dcm2niixRun`; 1 (unspecified error) and
-                           8 (converted some but not all files) add a warning saying so
-0, 1 or 8, no NIfTI        :class:`~converters.errors.UnreadableDataError`
+0, 1, 8 or 10, NIfTI      a :class:`~converters.records.Dcm2niixRun`; 1 (unspecified error),
+written                    8 (converted some but not all files) and 10 (incomplete volumes,
+                           dcm2niix's sources) add a warning saying so
+0, 1, 8 or 10, no NIfTI    :class:`~converters.errors.UnreadableDataError`
 2 (no DICOM images),       :class:`~converters.errors.UnreadableDataError`: the data cannot be
-4 (corrupt DICOM file)     read, retrying will not help (it is a ``DicomInputError``)
-3, 5, 6, 7, 9, any other,  :class:`~converters.errors.Dcm2niixError`: the environment failed
-a timeout                  (folders, permissions, the binary), worth retrying
+4 (corrupt DICOM file),    read, retrying will not help (it is a ``DicomInputError``)
+11 (nothing to convert)
+3, 5, 6, 7, 9, 12, any     :class:`~converters.errors.Dcm2niixError`: the environment failed
+other, a timeout           (folders, permissions, the binary, options), worth retrying
 =========================  ===================================================================
 
 A successful run's warnings are dcm2niix's ``Warning:`` (and ``Error:``) lines, duplicates
@@ -71,11 +73,15 @@ _EXIT_MEANINGS = {
     7: "unable to write to output folder",
     8: "converted some but not all of the input DICOMs",
     9: "unable to rename files",
+    # Defined by dcm2niix's sources (nii_dicom_batch.h), not yet in ERRORS.md:
+    10: "incomplete volumes found",
+    11: "nothing that was expected to be converted",
+    12: "invalid command-line parameter",
 }
 #: Exit codes after which the images dcm2niix wrote are used.
-_USABLE_EXITS = frozenset({0, 1, 8})
+_USABLE_EXITS = frozenset({0, 1, 8, 10})
 #: Exit codes saying that the DICOM data itself cannot be read.
-_UNREADABLE_EXITS = frozenset({2, 4})
+_UNREADABLE_EXITS = frozenset({2, 4, 11})
 #: Lines of dcm2niix's output kept as details of an unreadable series when it printed no message.
 _TAIL_LINES = 3
 

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from converters.records import DicomSeries, Inventory, UnusableFile
+from converters.regroup import AcquisitionHints, acquisition_key
 
 __all__ = ["DICOM_EXTENSIONS", "discover"]
 
@@ -120,34 +121,26 @@ def _acquisition_time(ds: Dataset) -> str:
     return _bids_datetime(date, time) if time else ""
 
 
-#: PurposeOfReferenceCodeSequence code (DCM 121326) of a RelatedSeriesSequence item that names the
-#: series an instance is a converted copy of ("Alternate SOP Class instance"): Siemens XA
-#: "interoperable" exports point each single-volume series at the enhanced series it came from.
-ALTERNATE_SOP_CLASS_INSTANCE = "121326"
-
-
-def _acquisition_key(ds: Dataset, study_uid: str, image_type: tuple[str, ...]) -> str:
-    """What ties the series of one acquisition exported as several series together, or "".
-
-    ``alternate:<study>:<uid>`` when a RelatedSeriesSequence item is an Alternate SOP Class
-    instance reference to the series ``<uid>``; else, for ImageType ``MFSPLIT`` (a multi-frame
-    acquisition split for export), ``mfsplit:`` + the study, protocol, description, SeriesTime,
-    ImageType and geometry the parts share.
-    """
-    for item in ds.get("RelatedSeriesSequence") or ():
-        codes = {str(code.get("CodeValue", "")) for code in item.get("PurposeOfReferenceCodeSequence") or ()}
-        related = str(item.get("SeriesInstanceUID", "")).strip()
-        if related and ALTERNATE_SOP_CLASS_INSTANCE in codes:
-            return f"alternate:{study_uid}:{related}"
-    if "MFSPLIT" not in image_type:
-        return ""
+def _hints(ds: Dataset, study_uid: str, image_type: tuple[str, ...]) -> AcquisitionHints:
+    related = tuple(
+        (
+            str(item.get("SeriesInstanceUID", "")).strip(),
+            frozenset(str(code.get("CodeValue", "")) for code in item.get("PurposeOfReferenceCodeSequence") or ()),
+        )
+        for item in ds.get("RelatedSeriesSequence") or ()
+    )
     orientation = ds.get("ImageOrientationPatient")
-    geometry = "" if orientation is None else ",".join(f"{float(v):.3f}" for v in orientation)
-    shared = [
-        study_uid, _text(ds, "ProtocolName"), _text(ds, "SeriesDescription"), _text(ds, "SeriesTime"),
-        "\\".join(image_type), geometry, _text(ds, "Rows"), _text(ds, "Columns"),
-    ]  # fmt: skip
-    return "mfsplit:" + "|".join(shared)
+    return AcquisitionHints(
+        study_uid=study_uid,
+        image_type=image_type,
+        related=related,
+        protocol_name=_text(ds, "ProtocolName"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_time=_text(ds, "SeriesTime"),
+        orientation=() if orientation is None else tuple(float(v) for v in orientation),
+        rows=_text(ds, "Rows"),
+        columns=_text(ds, "Columns"),
+    )
 
 
 def _pixel_damage(fp: BinaryIO, ds: Dataset, size: int) -> tuple[bool, str | None]:
@@ -263,7 +256,7 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
         contrast_agent=_text(ds, "ContrastBolusAgent"),
         damage=damage,
         patient_name=_text(ds, "PatientName"),
-        acquisition_key=_acquisition_key(ds, study_uid, types),
+        acquisition_key=acquisition_key(_hints(ds, study_uid, types)),
     )
 
 

@@ -5,7 +5,6 @@ folder (:func:`convert_tree`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -43,10 +42,10 @@ from converters.records import (
     Skip,
     UnusableFile,
 )
-from converters.regroup import regroup
+from converters.regroup import regroup, sources_digest
 from converters.split import ImageSet, deduplicate, partition
 
-__all__ = ["convert_series", "convert_tree", "series_outputs"]
+__all__ = ["convert_series", "convert_tree", "converted_sources", "series_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,14 +203,6 @@ def _decide(
     return _Decided(tuple(placements), None, tuple(notes), tuple(dict.fromkeys(decided_by)))
 
 
-def _sources_digest(series: DicomSeries) -> str:
-    """Digest of the input series and instance files an acquisition was made from."""
-    digest = hashlib.sha256()
-    for part in series.parts:
-        digest.update(f"{part.series_uid}:{part.file_count}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def _convert_discovered(
     series: DicomSeries,
     root: Path,
@@ -251,7 +242,7 @@ def _convert_discovered(
                 session_base=session_base,
                 participant=participant_facts(series.patient_sex, series.patient_age) if labels.demographics else {},
                 members=tuple(part.series_uid for part in series.parts),
-                sources=_sources_digest(series) if series.parts else "",
+                sources=sources_digest((p.series_uid, p.file_count) for p in series.parts) if series.parts else "",
             ),
             dcm2niix_version=version,
         )
@@ -442,3 +433,11 @@ def series_outputs(dataset_root: Path, series_uid: str) -> list[str]:
     if manifest is None:
         manifest = next((m for m in read_manifests(root).values() if series_uid in m.members), None)
     return [] if manifest is None else list(manifest.outputs)
+
+
+def converted_sources(dataset_root: Path, series_uid: str) -> str | None:
+    """The input digest (:func:`converters.regroup.sources_digest`) an acquisition spread over
+    several series was last converted from, or None: the plugin converts it again only when its
+    series or their instances changed."""
+    manifest = read_manifest(manifest_path(Path(dataset_root).resolve(), series_uid))
+    return None if manifest is None or not manifest.sources else manifest.sources

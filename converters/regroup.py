@@ -17,12 +17,72 @@ each input series.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from converters.records import DicomSeries, SeriesPart
 
-__all__ = ["acquisition_uid", "regroup"]
+__all__ = [
+    "ALTERNATE_SOP_CLASS_INSTANCE",
+    "AcquisitionHints",
+    "acquisition_key",
+    "acquisition_uid",
+    "regroup",
+    "sources_digest",
+]
+
+#: PurposeOfReferenceCodeSequence code (DCM 121326) of a RelatedSeriesSequence item that names the
+#: series an instance is a converted copy of ("Alternate SOP Class instance"): Siemens XA
+#: "interoperable" exports point each single-volume series at the enhanced series it came from.
+ALTERNATE_SOP_CLASS_INSTANCE = "121326"
+
+
+@dataclass(frozen=True)
+class AcquisitionHints:
+    """The header facts of a series' first instance that tie the parts of one acquisition
+    together (read from a pydicom dataset by :mod:`converters.discover`, from Orthanc's tags by
+    the plugin)."""
+
+    study_uid: str
+    image_type: tuple[str, ...] = ()
+    #: RelatedSeriesSequence items: (SeriesInstanceUID, PurposeOfReference code values).
+    related: tuple[tuple[str, frozenset[str]], ...] = ()
+    protocol_name: str = ""
+    series_description: str = ""
+    series_time: str = ""
+    orientation: tuple[float, ...] = ()
+    rows: str = ""
+    columns: str = ""
+
+
+def acquisition_key(hints: AcquisitionHints) -> str:
+    """What ties the series of one acquisition exported as several series together, or "".
+
+    ``alternate:<study>:<uid>`` when a RelatedSeriesSequence item is an Alternate SOP Class
+    instance reference to the series ``<uid>``; else, for ImageType ``MFSPLIT`` (a multi-frame
+    acquisition split for export), ``mfsplit:`` + the study, protocol, description, SeriesTime,
+    ImageType and geometry the parts share.
+    """
+    for related, codes in hints.related:
+        if related and ALTERNATE_SOP_CLASS_INSTANCE in codes:
+            return f"alternate:{hints.study_uid}:{related}"
+    if "MFSPLIT" not in hints.image_type:
+        return ""
+    geometry = ",".join(f"{value:.3f}" for value in hints.orientation)
+    shared = [
+        hints.study_uid, hints.protocol_name, hints.series_description, hints.series_time,
+        "\\".join(hints.image_type), geometry, hints.rows, hints.columns,
+    ]  # fmt: skip
+    return "mfsplit:" + "|".join(shared)
+
+
+def sources_digest(parts: Iterable[tuple[str, int]]) -> str:
+    """Digest of the input series (SeriesInstanceUID, number of instances) an acquisition is made
+    of: the same digest means the same input, so a conversion need not be repeated."""
+    digest = hashlib.sha256()
+    for series_uid, count in sorted(parts):
+        digest.update(f"{series_uid}:{count}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def acquisition_uid(key: str) -> str:

@@ -5,6 +5,8 @@ Job life cycle::
     queued --claim--> running --finish--> done | skipped | failed
        ^                 |
        +---- retry ------+   (error with attempts left, worker died, Orthanc stopped)
+       +---- defer ------+   (waiting for something else, e.g. the rest of its acquisition;
+                              the attempt is not counted)
 
 Guarantees:
 
@@ -260,6 +262,17 @@ class JobQueue:
                 (state, error, _dump(result), now + delay, now if exhausted else None, now, job_id),
             )
         return state
+
+    def defer(self, job_id: int, seconds: float, note: str, *, result: dict[str, Any] | None = None) -> None:
+        """Put a running job back to wait ``seconds`` without counting the attempt (it waits for
+        something outside it, e.g. the other series of its acquisition); ``note`` says what."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), worker_pid = NULL, error = ?,"
+                " result = ?, not_before = ?, updated_at = ? WHERE id = ? AND state = 'running'",
+                (note, _dump(result), now + seconds, now, job_id),
+            )
 
     def release(self, job_id: int) -> None:
         """Give a running job back without counting the attempt (clean shutdown)."""

@@ -152,7 +152,9 @@ class Routes:
             if job is None:
                 return Response.error(404, f"series {series_id} has no finished conversion")
             root = Path((job.result or {}).get("dataset_root") or self.bids_root)
-            outputs = _current_outputs(root, str((job.result or {}).get("series_uid", ""))) or list(job.outputs)
+            # A part of an acquisition spread over several series is filed under the acquisition.
+            filed_as = (job.result or {}).get("acquisition") or (job.result or {}).get("series_uid", "")
+            outputs = _current_outputs(root, str(filed_as)) or list(job.outputs)
             images = [p for p in outputs if not p.startswith("sourcedata/")]
             if not images:
                 return Response.error(404, f"series {series_id} was converted to no NIfTI file")

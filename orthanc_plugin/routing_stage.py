@@ -49,6 +49,8 @@ class SeriesInfo:
     facts: SeriesFacts
     tags: dict[str, Any]
     instance_count: int
+    #: Orthanc id of the study the series belongs to.
+    study_id: str = ""
 
 
 SNAPSHOT_NAME = "rules-active.yaml"
@@ -101,7 +103,7 @@ def fetch_series_info(client: OrthancRestClient, series_id: str) -> SeriesInfo:
     tags = client.get_json(f"/instances/{first}/simplified-tags")
     metadata = client.get_json(f"/instances/{first}/metadata?expand")
     facts = facts_from_orthanc(tags, metadata, instance_count=len(instances), orthanc_id=series_id)
-    return SeriesInfo(facts, tags, len(instances))
+    return SeriesInfo(facts, tags, len(instances), str(series.get("ParentStudy", "")))
 
 
 def decide(rules: RulesSnapshot, info: SeriesInfo) -> Decision:

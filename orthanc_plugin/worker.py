@@ -22,6 +22,7 @@ A worker killed outright leaves its job ``running``; the supervisor requeues it.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import shutil
@@ -29,13 +30,17 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from converters import convert_series
+from converters import convert_series, converted_sources, series_outputs
+from converters.bids.publish import ensure_dataset
+from converters.conversion import dcm2niix_version
 from converters.errors import BidsBridgeError, DicomInputError, LabelError
 
+from .acquisition_stage import find_acquisition
 from .derive_stage import (
     PARAMETRIC_MAP_CLASS,
     SEGMENTATION_CLASSES,
@@ -47,7 +52,7 @@ from .derive_stage import (
 from .job_queue import Job, JobQueue
 from .push_stage import PushFailed, push
 from .rest_client import OrthancError, OrthancRestClient, SeriesNotFound
-from .routing_stage import RulesSnapshot, decide, fetch_series_info, forward
+from .routing_stage import RulesSnapshot, SeriesInfo, decide, fetch_series_info, forward
 from .worker_settings import AUTH_ENV, WorkerSettings
 
 __all__ = ["main", "run_job"]
@@ -57,8 +62,64 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 
 
+#: Seconds between two looks at an acquisition's other series while one is not stable yet.
+ACQUISITION_POLL_SECONDS = 2.0
+#: Longest wait for them (seconds); then the parts present are converted.
+ACQUISITION_WAIT_SECONDS = 1800.0
+
+
 class _Permanent(Exception):
     """A failure that retrying cannot mend; carries the reason."""
+
+
+class _Wait(Exception):
+    """The job waits for something outside it; it is deferred without spending an attempt."""
+
+    def __init__(self, note: str, result: dict[str, Any]) -> None:
+        super().__init__(note)
+        self.note = note
+        self.result = result
+
+
+def _hold(state_dir: Path, name: str, stack: ExitStack) -> bool:
+    """Take the worker-wide lock ``name`` until ``stack`` closes; False when another worker holds it."""
+    folder = state_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / name).open("a+b")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return False
+    stack.callback(handle.close)  # closing the file releases the lock
+    return True
+
+
+def _acquisition(job: Job, client: OrthancRestClient, info: SeriesInfo, roots: list[Path], *,
+                 dicom_dir: Path, record: dict[str, Any], state_dir: Path, stack: ExitStack) -> list[str] | None:
+    """For a series that is one part of an acquisition exported as several series: wait until
+    every part is stable and no other part's job is converting it (raises :class:`_Wait`), then
+    download all parts into ``dicom_dir`` — or return the outputs if the same parts were already
+    converted (by another part's job). The acquisition's lock is held until ``stack`` closes."""
+    found = find_acquisition(client, job.series, info.tags, info.study_id) if info.study_id else None
+    if found is None or len(found.members) < 2:
+        return None
+    since = float((job.result or {}).get("waiting_since") or time.time())
+    if found.unstable and time.time() - since < ACQUISITION_WAIT_SECONDS:
+        waiting = ", ".join(str(m.series_number) for m in found.unstable)
+        raise _Wait(f"part of an {found.describe()}: waiting for series {waiting} to become stable",
+                    {"waiting_since": since, "acquisition": found.uid})
+    if not _hold(state_dir, f"acquisition-{found.uid}", stack):
+        raise _Wait(f"part of an {found.describe()}: another part's job is converting it",
+                    {"waiting_since": since, "acquisition": found.uid})
+    record["acquisition"] = found.uid
+    record["members"] = [member.series_uid for member in found.members]
+    if all(converted_sources(root, found.uid) == found.sources for root in roots):
+        record["note"] = f"{found.describe()} already converted from these instances (by another part's job)"
+        return series_outputs(roots[0], found.uid)
+    for member in found.members:
+        client.download_series(member.orthanc_id, dicom_dir / member.orthanc_id)
+    return None
 
 
 def _datasets(settings: WorkerSettings) -> dict[str, Path]:
@@ -66,7 +127,8 @@ def _datasets(settings: WorkerSettings) -> dict[str, Path]:
 
 
 def _convert(job: Job, scratch: Path, settings: WorkerSettings, client: OrthancRestClient,
-             holder: RulesSnapshot, *, queue: JobQueue) -> tuple[str, list[str], dict[str, Any], str | None]:
+             holder: RulesSnapshot, *, queue: JobQueue,
+             stack: ExitStack) -> tuple[str, list[str], dict[str, Any], str | None]:
     """(state, outputs, result record, reason) of a convert job: rules, conversion, derivations, forwards."""
     dicom_dir = scratch / "dicom"
     info = fetch_series_info(client, job.series)
@@ -92,18 +154,28 @@ def _convert(job: Job, scratch: Path, settings: WorkerSettings, client: OrthancR
     record: dict[str, Any] = {"decision": decision.to_dict()}
     if decision.problems:
         raise _Permanent("the routing rules cannot be applied to this series: " + "; ".join(decision.problems))
+    roots = _datasets(settings)
+    converts = decision.skip is None and bool(decision.converts)
+    # Before anything is sent anywhere: a part of a multi-series acquisition may have to wait.
+    already = _acquisition(job, client, info, [roots[plan.dataset] for plan in decision.converts],
+                           dicom_dir=dicom_dir, record=record, state_dir=Path(settings.state_dir),
+                           stack=stack) if converts else None
     forwards = [forward(client, job.series, f.kind, f.target) for f in decision.forwards]
     if forwards:
         record["forwards"] = forwards
-    if decision.skip is not None or not decision.converts:
+    if not converts:
         reason = decision.skip.reason if decision.skip is not None else "no conversion planned by the rules"
         # The same per-series record as `bidsbridge convert --report` writes.
         record.update(series_uid=decision.series_uid, series_description=decision.series_description,
-                      series_number=decision.series_number, state="skipped", reason=reason, outputs=[])
+                      series_number=decision.series_number, state="skipped", reason=reason, reason_code="rule",
+                      outputs=[])
         return ("done" if forwards else "skipped"), [], record, reason
-
-    client.download_series(job.series, dicom_dir)
-    roots = _datasets(settings)
+    if already is not None:
+        record.update(series_uid=decision.series_uid, series_description=decision.series_description,
+                      series_number=decision.series_number, state="converted", reason=None, outputs=already)
+        return "done", already, record, None
+    if not dicom_dir.exists():
+        client.download_series(job.series, dicom_dir)
     outputs: list[str] = []
     converted: dict[str, Any] = {}
     result = None
@@ -123,6 +195,8 @@ def _convert(job: Job, scratch: Path, settings: WorkerSettings, client: OrthancR
     assert result is not None
     record["conversion"] = converted
     record.update(next(iter(converted.values())))  # series_uid, state, reason, outputs of the first dataset
+    if result.acquisition is not None:  # this job's own series, filed with the rest of its acquisition
+        record.update(series_uid=decision.series_uid, series_number=decision.series_number)
     names = sorted({"adc" for d in decision.derives for n in d.names if n in ("adc", "seg_mask")}
                    | set(job.params.get("derive", [])))
     derived: dict[str, Any] = {}
@@ -194,8 +268,13 @@ def run_job(job: Job, queue: JobQueue, client: OrthancRestClient, settings: Work
             client.download_series(job.series, scratch / "dicom")
             state, outputs, record, reason = _segment(job, scratch / "dicom", settings, client)
         else:
-            state, outputs, record, reason = _convert(job, scratch, settings, client, holder, queue=queue)
+            with ExitStack() as stack:
+                state, outputs, record, reason = _convert(job, scratch, settings, client, holder, queue=queue,
+                                                          stack=stack)
         queue.finish(job.id, "done" if state == "done" else "skipped", outputs=outputs, result=record, reason=reason)
+    except _Wait as wait:
+        queue.defer(job.id, ACQUISITION_POLL_SECONDS, wait.note, result=wait.result)
+        logger.info("job %d (series %s) waits: %s", job.id, job.series, wait.note)
     except SeriesNotFound:
         queue.fail_attempt(job.id, f"series {job.series} no longer exists in Orthanc", permanent=True)
     except _Permanent as exc:  # retrying cannot help: fail now, with the reason
@@ -233,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     queue = JobQueue(Path(settings.state_dir), max_attempts=settings.max_attempts)
     client = _client(settings)
     holder = RulesSnapshot(Path(settings.state_dir), settings.rules_path, settings.rules_context)
+    for root in _datasets(settings).values():  # a dataset never exists without its dataset files
+        try:
+            ensure_dataset(root, dcm2niix_version())
+        except BidsBridgeError as exc:
+            logger.error("cannot prepare the BIDS dataset %s: %s", root, exc)
     parent = os.getppid()
     stopping = False
 

@@ -9,6 +9,9 @@ first condition that failed — so a job can say why its series went where it we
 :func:`evaluate` never raises: missing attributes simply do not match, a template that cannot be
 rendered for this series becomes a *problem* of the decision (the caller should fail the job,
 since retrying will not help), and an unexpected internal error is logged and reported the same way.
+Subject and session label templates are the exception: a series is never refused for its labels,
+so one that gives nothing (an anonymised PatientID) is a *note* and the converter's documented
+fallback labels the series (:meth:`converters.labels.Labels.resolve_subject`).
 """
 
 from __future__ import annotations
@@ -176,6 +179,9 @@ class Decision:
     #: Why some action cannot be carried out for this series (a template's attribute is missing,
     #: a label has nothing usable after sanitizing). Non-empty = the job should fail.
     problems: tuple[str, ...] = field(default=())
+    #: What the job record should say although nothing failed (a label template that gave
+    #: nothing, so the converter's fallback label is used).
+    notes: tuple[str, ...] = field(default=())
 
     @property
     def matched(self) -> tuple[str, ...]:
@@ -224,6 +230,7 @@ class Decision:
                 actions=tuple(_planned(a, str(record["series_uid"])) for a in record["actions"]),
                 skip=None if skip is None else PlannedSkip(str(skip["rule"]), str(skip["reason"])),
                 problems=tuple(str(p) for p in record.get("problems", ())),
+                notes=tuple(str(n) for n in record.get("notes", ())),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a decision record: {type(exc).__name__}: {exc}") from None
@@ -240,6 +247,7 @@ class Decision:
             "skip": None if self.skip is None else self.skip.to_dict(),
             "actions": [a.to_dict() for a in self.actions],
             "problems": list(self.problems),
+            "notes": list(self.notes),
             "trace": [t.to_dict() for t in self.trace],
         }
 
@@ -281,17 +289,22 @@ class _Planner:
     def __init__(self, facts: SeriesFacts) -> None:
         self.facts = facts
         self.problems: list[str] = []
+        self.notes: list[str] = []
 
     def label(self, template: Template | None, rule: str, what: str) -> str | None:
         if template is None:
             return None
         rendered = render(template, self.facts, "label")
         if rendered.value is None:
-            self.problems.append(f"rule {rule!r} {what}: {rendered.problem}")
+            self.notes.append(f"rule {rule!r} {what}: {rendered.problem}; the converter's fallback label is used")
         return rendered.value
 
     def xnat(self, template: Template, rule: str, what: str) -> str:
         rendered = render(template, self.facts, "xnat")
+        if rendered.value is None and what in ("subject", "session"):
+            # "": the destination's own label template (from the BIDS labels) is used instead.
+            self.notes.append(f"rule {rule!r} push_xnat {what}: {rendered.problem}; the destination's label is used")
+            return ""
         if rendered.value is None:
             self.problems.append(f"rule {rule!r} push_xnat {what}: {rendered.problem}")
             return "?"
@@ -378,4 +391,5 @@ def evaluate(ruleset: RuleSet, facts: SeriesFacts) -> Decision:
         actions=tuple(planned),
         skip=skip,
         problems=tuple(planner.problems),
+        notes=tuple(planner.notes),
     )

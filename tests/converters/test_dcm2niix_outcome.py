@@ -340,7 +340,7 @@ def test_unreadable_without_messages_gives_the_last_lines(
     assert caught.value.details == ("Found 3 DICOM file(s)", "Unable to decode JPEG.", "Giving up")
 
 
-@pytest.mark.parametrize("code", [0, 1, 8])
+@pytest.mark.parametrize("code", [0, 1, 8, 10])
 def test_success_code_without_image_is_unreadable(
     code: int, fake: FakeDcm2niix, dicom: list[Path], tmp_path: Path
 ) -> None:
@@ -349,6 +349,29 @@ def test_success_code_without_image_is_unreadable(
         _run(dicom, tmp_path)
     assert caught.value.returncode == code
     assert caught.value.details == ("Warning: nothing to stack", "dcm2niix wrote no NIfTI image")
+
+
+def test_incomplete_volumes_exit_10_uses_the_images_with_a_warning(
+    fake: FakeDcm2niix, dicom: list[Path], tmp_path: Path
+) -> None:
+    fake.program(
+        lines=["Convert 3 DICOM as {stage}/series (4x3x2x1)"],
+        files={"series.nii.gz": NIFTI, "series.json": SIDECAR},
+        exit_code=10,
+    )
+    run = _run(dicom, tmp_path)
+    assert len(run.images) == 1 and run.exit_code == 10
+    assert run.warnings == (
+        f"dcm2niix exited with code 10 (incomplete volumes found) converting {dicom[0].parent}, "
+        "but wrote 1 image(s), which are used",
+    )
+
+
+def test_nothing_to_convert_exit_11_is_unreadable(fake: FakeDcm2niix, dicom: list[Path], tmp_path: Path) -> None:
+    fake.program(lines=["Found 3 DICOM file(s)", "Warning: nothing to convert"], exit_code=11)
+    with pytest.raises(UnreadableDataError) as caught:
+        _run(dicom, tmp_path)
+    assert caught.value.returncode == 11 and caught.value.details == ("Warning: nothing to convert",)
 
 
 def test_exit_1_with_image_succeeds_with_its_errors_as_warnings(
@@ -459,7 +482,7 @@ def test_only_auxiliary_images_is_unreadable(fake: FakeDcm2niix, dicom: list[Pat
     )
 
 
-@pytest.mark.parametrize("code", [3, 5, 6, 7, 9, 10, 127])
+@pytest.mark.parametrize("code", [3, 5, 6, 7, 9, 12, 127])
 def test_environment_exit_codes_fail_even_with_images(
     code: int, fake: FakeDcm2niix, dicom: list[Path], tmp_path: Path
 ) -> None:

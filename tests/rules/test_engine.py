@@ -166,14 +166,20 @@ def test_runtime_values_cannot_escape_their_folder() -> None:
     assert decision.problems == ()
 
 
-def test_a_template_with_nothing_usable_is_a_problem_not_a_crash() -> None:
+def test_a_label_template_with_nothing_usable_is_a_note_not_a_refusal() -> None:
+    # A series is never refused for its labels: the converter's fallback label is used instead.
     rules = _rules("  - {name: r, match: {}, actions: [{convert: {subject: '{PatientID}'}}]}\n")
     decision = evaluate(rules, _facts(PatientID="日本"))
-    assert decision.converts[0].subject is None
-    assert decision.problems == ("rule 'r' subject: template '{PatientID}' gives nothing usable for label after "
-                                 "sanitizing",)
+    assert decision.converts[0].subject is None and decision.problems == ()
+    assert decision.notes == ("rule 'r' subject: template '{PatientID}' gives nothing usable for label after "
+                              "sanitizing; the converter's fallback label is used",)
     decision = evaluate(rules, _facts())
-    assert decision.problems == ("rule 'r' subject: template '{PatientID}': the series has no PatientID",)
+    assert decision.problems == () and "the series has no PatientID" in decision.notes[0]
+    # An entity template that gives nothing is still a problem: the BIDS name would be wrong.
+    entity = _rules("  - {name: r, match: {}, actions: [{convert: {entities: {acq: '{ProtocolName}'}}}]}\n")
+    assert evaluate(entity, _facts()).problems == (
+        "rule 'r' entity acq: template '{ProtocolName}': the series has no ProtocolName",
+    )
 
 
 def test_template_parsing() -> None:
@@ -215,6 +221,7 @@ def test_decision_to_dict_shape() -> None:
         "actions": [{"action": "convert", "rule": "mr-pet-ct-images", "dataset": "default", "override": None,
                      "subject": None, "session": None}],
         "problems": [],
+        "notes": [],
         "trace": [
             {"rule": "non-image-objects", "line": 8, "status": "no-match",
              "reason": record["trace"][0]["reason"]},
