@@ -48,6 +48,7 @@ from converters.bids.dataset import BIDS_VERSION
 from converters.bids.naming import INDEX_ENTITIES, entity_value, sanitize_label
 from converters.errors import LabelError
 from converters.records import BidsTarget, Classification, ConvertedImage, DicomSeries, Placement, Skip, SkipCode
+from converters.split import variant_tokens
 
 __all__ = [
     "DEFAULT_RULES",
@@ -122,7 +123,6 @@ _DEFAULT_SUFFIX = {"func": "bold", "dwi": "dwi"}
 _REPROIN_DATATYPES = frozenset({"anat", "func", "dwi", "fmap", "perf"})
 _REPROIN_KEYS = frozenset({"ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part", "inv", "flip", "mt"})
 _LOCALIZERS = frozenset({"scout", "localizer", "loc"})
-_POSTFIX = re.compile(r"^(?:_e(?P<echo>\d+))?(?P<phase>_ph)?$")
 
 
 @dataclass(frozen=True)
@@ -527,9 +527,12 @@ def rule_reproin(facts: SeriesFacts) -> Classification | None:
 
 def rule_diffusion(facts: SeriesFacts) -> Classification | None:
     """Raw diffusion: b-values and b-vectors with DIFFUSION in ImageType, or any non-zero b-value
-    (GE and Philips do not always say DIFFUSION)."""
+    (GE and Philips do not always say DIFFUSION). A few EPI volumes all at b = 0 are left to
+    :func:`rule_pepolar` (a reverse phase-encoding b0 is a field map, ``fmap/…_epi``)."""
     if not (facts.has_bvals and ("DIFFUSION" in facts.image_types or facts.diffusion_weighted)):
         return None
+    if not facts.diffusion_weighted and facts.volumes <= PEPOLAR_MAX_VOLUMES and facts.epi:
+        return None  # a few b = 0 volumes: a reverse phase-encoding b0, see rule_pepolar
     return _finish(facts, BidsTarget("dwi", "dwi", rule="diffusion"), name="diffusion series")
 
 
@@ -637,9 +640,11 @@ def _fieldmap_epi_evidence(facts: SeriesFacts) -> str | None:
     if len(facts.images) != 1 or not facts.epi or facts.volumes > PEPOLAR_MAX_VOLUMES:
         return None
     types = facts.image_types
-    if facts.diffusion_weighted or "DIFFUSION" in types or "ASL" in types:
+    if facts.diffusion_weighted or "ASL" in types:
         return None
     image = facts.images[0]
+    if "DIFFUSION" in types:  # b = 0 only (rule_diffusion took every series with b > 0)
+        return f"{facts.volumes} b = 0 EPI volume(s) of a diffusion protocol (a reverse phase-encoding b0)"
     for text in facts.names:
         if _PEPOLAR_NAME.search(text):
             return f"named {text!r}"
@@ -1034,10 +1039,27 @@ def classify(
     return decision
 
 
+def _variant_of(image: ConvertedImage) -> tuple[str | None, str] | None:
+    """(echo, part) of one image of an acquisition from dcm2niix's postfix tokens (``_e2``,
+    ``_ph``, ``_real``, ``_imaginary``), or None for a scanner field map (``_fieldmaphz``), which
+    only a GRE field-map target names."""
+    echo: str | None = None
+    part = "mag"
+    for token in variant_tokens(image.postfix):
+        if token == "fieldmaphz":
+            return None
+        if token.startswith("e"):
+            echo = token[1:]
+        else:
+            part = {"ph": "phase", "real": "real", "imaginary": "imag"}[token]
+    return echo, part
+
+
 def place(facts: SeriesFacts, target: BidsTarget) -> tuple[Placement, ...] | Skip:
-    """Give each converted image its own target: one image keeps ``target``; several images that
-    differ by echo and/or magnitude/phase get ``echo-<n>`` / ``part-mag|phase``. Other splits
-    (dcm2niix postfixes such as ``_i00002``, ``_c1``, ``_ROI1``) cannot be named yet."""
+    """Give each converted image of one acquisition its own target: one image keeps ``target``;
+    several images that differ by echo and/or magnitude/phase/real/imaginary get ``echo-<n>`` /
+    ``part-mag|phase|real|imag``; GRE field-map images their suffixes. Images that differ
+    otherwise are separate acquisitions (:func:`converters.split.partition`), never given here."""
     images = facts.images
     if len(images) == 1:
         return (Placement(images[0], target),)
@@ -1051,29 +1073,43 @@ def place(facts: SeriesFacts, target: BidsTarget) -> tuple[Placement, ...] | Ski
             Placement(image, replace(target, suffix=suffix)) for image, suffix in zip(images, suffixes, strict=True)
         )
     allowed = SUPPORTED.get((target.datatype, target.suffix), {})
-    parsed = [_POSTFIX.match(image.postfix) for image in images]
+    parsed = [_variant_of(image) for image in images]
     postfixes = ", ".join(repr(image.postfix) for image in images)
-    if any(match is None for match in parsed):
-        return Skip(f"dcm2niix split the series into images {postfixes}; naming these is not supported yet")
-    echoes = {match.group("echo") for match in parsed if match is not None}
-    phases = {bool(match.group("phase")) for match in parsed if match is not None}
+    if any(variant is None for variant in parsed):
+        return Skip(
+            f"dcm2niix wrote a scanner field map among images {postfixes}, which only a GRE field map names",
+            target.rule,
+            "unrecognised",
+        )
+    echoes = {variant[0] for variant in parsed if variant is not None}
+    parts = {variant[1] for variant in parsed if variant is not None}
     placements: list[Placement] = []
-    for image, match in zip(images, parsed, strict=True):
-        assert match is not None
+    for image, variant in zip(images, parsed, strict=True):
+        assert variant is not None
         entities = dict(target.entities)
         if len(echoes) > 1:
-            number = image.metadata.get("EchoNumber", match.group("echo"))
+            number = image.metadata.get("EchoNumber", variant[0])
             if "echo" not in allowed or number is None:
-                return Skip(f"{target.datatype}/{target.suffix} with several echoes ({postfixes}) not supported")
+                return Skip(
+                    f"{target.datatype}/{target.suffix} with several echoes ({postfixes}) not supported",
+                    target.rule,
+                    "unrecognised",
+                )
             entities["echo"] = str(number)
-        if len(phases) > 1:
+        if len(parts) > 1:
             if "part" not in allowed:
-                return Skip(f"{target.datatype}/{target.suffix} with magnitude and phase not supported")
-            entities["part"] = "phase" if match.group("phase") else "mag"
+                return Skip(
+                    f"{target.datatype}/{target.suffix} with magnitude and phase not supported",
+                    target.rule,
+                    "unrecognised",
+                )
+            entities["part"] = variant[1]
         placements.append(Placement(image, replace(target, entities=entities)))
     names = {tuple(sorted(p.target.entities.items())) for p in placements}
     if len(names) != len(placements):
-        return Skip(f"dcm2niix wrote several images {postfixes} that would get the same BIDS name")
+        return Skip(
+            f"dcm2niix wrote several images {postfixes} that would get the same BIDS name", target.rule, "unrecognised"
+        )
     for placement in placements:
         for key in INDEX_ENTITIES & set(placement.target.entities):
             entity_value(key, placement.target.entities[key])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from converters.records import ConvertedImage
 
-__all__ = ["Duplicate", "ImageSet", "deduplicate", "partition", "voxel_digest"]
+__all__ = ["Duplicate", "ImageSet", "deduplicate", "partition", "variant_tokens", "voxel_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ class Duplicate:
 
 def _residue(postfix: str) -> str:
     return _WITHIN.sub("", postfix)
+
+
+def variant_tokens(postfix: str) -> tuple[str, ...]:
+    """The within-acquisition tokens of a postfix, without ``_``: ``"_e2_ph"`` -> ``("e2", "ph")``."""
+    return tuple(found.group(0)[1:] for found in _WITHIN.finditer(postfix))
 
 
 def partition(images: Sequence[ConvertedImage]) -> tuple[ImageSet, ...]:

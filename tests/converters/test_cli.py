@@ -32,7 +32,8 @@ def test_convert_prints_and_reports(xa30: Path, tmp_path: Path, capsys: pytest.C
     printed = capsys.readouterr().out
     assert "converted  #5 anat-T1w_acq-tfl\n" in printed
     assert "-> sub-S1/ses-A/anat/sub-S1_ses-A_acq-tfl_T1w.nii.gz" in printed
-    assert "skipped    #99 PhoenixZIPReport: Siemens Phoenix protocol report" in printed and "not an image" in printed
+    assert "skipped    #99 PhoenixZIPReport [not-an-image]: Siemens Phoenix protocol report" in printed
+    assert "not an image" in printed
     assert printed.endswith("1 converted, 1 skipped, 0 failed\n")
     results = json.loads(report.read_text())
     assert [(r["series_number"], r["state"]) for r in results] == [(5, "converted"), (99, "skipped")]
