@@ -71,6 +71,17 @@ logger = logging.getLogger(__name__)
 GRE_FIELDMAP_SUFFIXES = ("magnitude1", "magnitude2", "phasediff", "phase1", "phase2", "magnitude", "fieldmap")
 #: Raw ``dwi/`` suffixes the BIDS 1.11 schema defines for maps the scanner computes.
 SCANNER_DWI_SUFFIXES = ("ADC", "FA", "S0map", "colFA", "expADC", "trace")
+#: Quantitative anatomical maps raw BIDS holds (schema "parametric" anat suffixes).
+ANAT_MAP_SUFFIXES = (
+    "T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap", "MTRmap", "MTsat", "UNIT1", "T1rho",
+    "MWFmap", "MTVmap", "Chimap", "S0map", "M0map",
+)  # fmt: skip
+#: ImageType values (spaces, ``_`` and ``*`` removed, upper case) of scanner-computed maps that
+#: raw ``anat/`` holds: Siemens MP2RAGE ``UNI``, MapIt/MP2RAGE ``T1 MAP``, ``T2 MAP``, ...
+_ANAT_MAP_TYPES = {
+    "UNI": "UNIT1", "T1MAP": "T1map", "T2MAP": "T2map", "T2STARMAP": "T2starmap", "T2STAR": "T2starmap",
+    "R1MAP": "R1map", "R2MAP": "R2map", "R2STARMAP": "R2starmap", "PDMAP": "PDmap", "MTRMAP": "MTRmap",
+}  # fmt: skip
 
 #: (datatype, suffix) -> {entity: required?} for the targets this version writes, from the BIDS 1.11
 #: schema (``sub``/``ses`` left out). Targets outside this table are only produced by overrides.
@@ -86,7 +97,14 @@ SUPPORTED: Mapping[tuple[str, str], Mapping[str, bool]] = {
         "inv": True, "acq": False, "ce": False, "rec": False, "run": False, "echo": False, "part": False,
         "chunk": False,
     },
-    ("anat", "UNIT1"): {"acq": False, "ce": False, "rec": False, "run": False, "chunk": False},
+    **{
+        ("anat", suffix): {"task": False, "acq": False, "ce": False, "rec": False, "run": False, "chunk": False}
+        for suffix in ANAT_MAP_SUFFIXES
+    },
+    ("fmap", "TB1TFL"): {
+        "acq": False, "ce": False, "rec": False, "run": False, "echo": False, "flip": False, "inv": False,
+        "part": False, "chunk": False,
+    },
     ("anat", "MEGRE"): {
         "echo": True, "acq": False, "ce": False, "rec": False, "run": False, "part": False, "chunk": False,
     },
@@ -393,8 +411,14 @@ def _finish(facts: SeriesFacts, target: BidsTarget, *, name: str) -> Classificat
         key for key, required in allowed.items() if required and key not in entities and key not in numbered
     )
     if missing:
+        why = ""
+        if "dir" in missing and facts.images and not any(_pe(image) for image in facts.images):
+            why = (
+                " (no PhaseEncodingDirection in the headers; Philips DICOM does not record the polarity:"
+                " supply dir and PhaseEncodingDirection with an override)"
+            )
         return Skip(
-            f"{name}: {target.datatype}/{target.suffix} needs entity {missing}",
+            f"{name}: {target.datatype}/{target.suffix} needs entity {missing}{why}",
             target.rule,
             "rule" if target.rule == "override" else "missing-metadata",
         )
@@ -465,17 +489,52 @@ def _scanner_dwi_suffix(facts: SeriesFacts) -> str | None:
     return None
 
 
+def _anat_map_suffix(facts: SeriesFacts) -> str | None:
+    """The raw ``anat/`` suffix of a quantitative map the scanner computed, from ImageType or
+    dcm2niix's guess (MP2RAGE ``UNI`` -> ``UNIT1``, ``T1 MAP`` -> ``T1map``, ...)."""
+    guess = facts.bids_guess
+    if guess is not None and guess[0] == "anat" and guess[1].rsplit("_", 1)[-1] in ANAT_MAP_SUFFIXES:
+        return guess[1].rsplit("_", 1)[-1]
+    for value in facts.image_types:
+        found = _ANAT_MAP_TYPES.get(re.sub(r"[ _*]", "", value))
+        if found is not None:
+            return found
+    return None
+
+
+def rule_b1_map(facts: SeriesFacts) -> Classification | None:
+    """Siemens ``tfl_b1map`` images, as dcm2niix guesses them: ``fmap/…_acq-famp_TB1TFL`` for the
+    flip-angle map (ImageType says ``FLIP ANGLE MAP``/``B1 MAP``), ``…_acq-anat_TB1TFL`` for the
+    anatomical-like image (the names of BIDS' qMRI appendix)."""
+    guess = facts.bids_guess
+    if guess is None or guess[1].rsplit("_", 1)[-1] != "TB1TFL":
+        return None
+    flat = {re.sub(r"[ _]", "", value) for value in facts.image_types}
+    famp = any("FLIPANGLE" in value or "B1MAP" in value or value == "FAMP" for value in flat)
+    target = BidsTarget("fmap", "TB1TFL", {"acq": "famp" if famp else "anat"}, rule="b1-map")
+    return _finish(facts, target, name=f"B1+ map ({'flip-angle map' if famp else 'anatomical image'})")
+
+
 def rule_scanner_derived(facts: SeriesFacts) -> Classification | None:
     """Maps the scanner computed (ImageType ``DERIVED``): diffusion maps get the raw ``dwi/``
     suffixes the schema defines for them (``ADC``, ``FA``, ``colFA``, ``trace``, ``S0map``,
-    ``expADC``); every other derived image (perfusion maps, MPRs, subtractions, ...) has no place
-    in raw BIDS and is skipped by policy, with its ImageType as the reason."""
+    ``expADC``), quantitative anatomical maps the ``anat/`` ones (``UNIT1``, ``T1map``, ...), a
+    B1+ flip-angle map ``fmap/…_TB1TFL``; every other derived image (perfusion maps, MPRs,
+    subtractions, ...) has no place in raw BIDS and is skipped by policy, with its ImageType as
+    the reason."""
     if facts.primary_type != "DERIVED":
         return None
     suffix = _scanner_dwi_suffix(facts)
     if suffix is not None:
         name = f"scanner-derived diffusion map (ImageType {_describe(facts)})"
         return _finish(facts, BidsTarget("dwi", suffix, rule="scanner-derived"), name=name)
+    quantitative = _anat_map_suffix(facts)
+    if quantitative is not None:
+        name = f"scanner-computed {quantitative} (ImageType {_describe(facts)})"
+        return _finish(facts, BidsTarget("anat", quantitative, rule="scanner-derived"), name=name)
+    b1 = rule_b1_map(facts)
+    if b1 is not None:
+        return b1
     if "ASL" in facts.image_types or "PERFUSION" in facts.image_types:
         return Skip(
             f"scanner-derived perfusion map (ImageType {_describe(facts)}): BIDS {BIDS_VERSION} defines no file "
@@ -897,8 +956,8 @@ def rule_anatomical(facts: SeriesFacts) -> Classification | None:
 
 
 def _timing(meta: Mapping[str, Any]) -> str:
-    values = [(key, _number(meta, key)) for key in ("RepetitionTime", "EchoTime", "InversionTime")]
-    shown = [f"{key[:-4] if key.endswith('Time') else key} {value:g} s" for key, value in values if value is not None]
+    names = {"RepetitionTime": "TR", "EchoTime": "TE", "InversionTime": "TI"}
+    shown = [f"{short} {value:g} s" for key, short in names.items() if (value := _number(meta, key)) is not None]
     return ", ".join(shown) or "no TR/TE"
 
 
@@ -937,6 +996,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     rule_localizer,
     rule_diffusion,
     rule_fieldmap,
+    rule_b1_map,
     rule_pepolar,
     rule_asl,
     rule_sbref,

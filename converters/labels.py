@@ -19,10 +19,11 @@ disambiguated when publishing, see :func:`converters.bids.publish.resolve_sessio
 **Labels always exist** (:meth:`Labels.resolve_subject`): a series is never refused for its
 labels. The subject label is, in this order,
 
-1. the label the caller gives (``--subject``, a routing rule, the plugin's ``Subject``), if it
-   has letters or digits;
-2. the subject template's value (default the PatientID) if it is not a placeholder (see
-   :func:`usable_label`) — through the subject map or the pseudonym key when configured;
+1. the label the caller gives (``--subject``, a routing rule, the plugin's ``Subject``), unless
+   it is empty or a placeholder (:func:`usable_label`: a rule's ``{PatientID}`` of an anonymised
+   series must not merge every such patient into one subject);
+2. the subject template's value (default the PatientID) if none of the header fields it uses is
+   empty or a placeholder — through the subject map or the pseudonym key when configured;
 3. else ``pn`` + a keyed hash of the PatientName, when the header has a usable one (one label
    per patient, the name itself never written);
 4. else ``st`` + a keyed hash of the StudyInstanceUID (each study its own subject).
@@ -148,17 +149,17 @@ class Labels:
             label = usable_label(given)
             if label is not None:
                 return SubjectLabel(label, "given")
-            why.append("the given subject label has no letters or digits")
-        raw = self._fill(self.subject, series).strip()
-        if usable_label(raw) is not None:
+            why.append("the given subject label is empty or a placeholder")
+        unusable = self._unusable_fields(series)
+        if not unusable:
             note = f"{why[0]}: subject from the subject template" if why else None
             return SubjectLabel(self.subject_label(series), self._source(), note)
-        field_name = "PatientID" if self.subject == "{PatientID}" else f"the subject template {self.subject!r}"
-        why.append(f"{field_name} is {'empty' if not raw else f'a placeholder ({raw!r})'}")
+        for name, value in unusable:
+            why.append(f"{name} is {f'a placeholder ({value!r})' if value.strip() else 'empty or missing'}")
         key = self.pseudonym_key or secret()
-        name = usable_label(series.patient_name)
-        if name is not None:
-            digest = hmac.new(key, f"PatientName:{series.patient_name.strip()}".encode(), hashlib.sha256).hexdigest()
+        name = _person_name(series.patient_name)
+        if usable_label(name) is not None:
+            digest = hmac.new(key, f"PatientName:{name}".encode(), hashlib.sha256).hexdigest()
             return SubjectLabel(
                 f"pn{digest[:PSEUDONYM_LENGTH]}",
                 "PatientName hash",
@@ -171,6 +172,16 @@ class Labels:
             f"{'; '.join(why)} and there is no usable PatientName: subject labelled by a keyed hash of the "
             "StudyInstanceUID (each such study is a subject of its own)",
         )
+
+    def _unusable_fields(self, series: DicomSeries) -> list[tuple[str, str]]:
+        """The header fields the subject template uses whose value is empty or a placeholder."""
+        found: list[tuple[str, str]] = []
+        for _text, name, _spec, _conversion in string.Formatter().parse(self.subject):
+            if name is not None:
+                value = str(getattr(series, FIELDS[name]))
+                if usable_label(value) is None:
+                    found.append((name, value))
+        return found
 
     def _source(self) -> str:
         if self.subject_map is not None:
@@ -202,6 +213,20 @@ class Labels:
             return sanitize_label(raw)
         except LabelError:
             return None
+
+
+def _person_name(value: str) -> str:
+    """A DICOM person name in one form whatever the padding: components stripped, empty trailing
+    components dropped, upper case (``Doe^John^^^`` and ``DOE^JOHN`` are one name)."""
+    groups = []
+    for group in value.split("="):  # alphabetic=ideographic=phonetic
+        parts = [part.strip() for part in group.split("^")]
+        while parts and not parts[-1]:
+            parts.pop()
+        groups.append("^".join(parts))
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups).upper()
 
 
 _SEPARATOR = re.compile(r"\t|,")

@@ -269,7 +269,20 @@ def test_spin_echo_field_maps_by_name() -> None:
     assert isinstance(bare, Skip) and bare.code == "missing-metadata" and "TotalReadoutTime" in bare.reason
 
 
-def test_only_gre_field_map_guesses_count() -> None:
+def test_b1_maps_are_tb1tfl_not_gre_field_maps() -> None:
     b1 = _image(BidsGuess=["fmap", "_acq-tflb1map_TB1TFL"], SequenceName="*tfl2d1_16")
     decision = classify(SeriesFacts(_series(series_description="tfl_b1map"), (b1,)))
-    assert isinstance(decision, Skip) and "not recognised" in decision.reason
+    assert decision == BidsTarget("fmap", "TB1TFL", {"acq": "anat"}, rule="b1-map")
+    flip = _image(BidsGuess=["fmap", "_TB1TFL"], ImageType=["DERIVED", "PRIMARY", "FLIP ANGLE MAP", "ND"])
+    derived = _series(series_description="tfl_b1map", image_type=("DERIVED", "PRIMARY", "FLIP ANGLE MAP", "ND"))
+    assert classify(SeriesFacts(derived, (flip,))) == BidsTarget("fmap", "TB1TFL", {"acq": "famp"}, rule="b1-map")
+
+
+def test_scanner_computed_anatomical_maps_are_raw_anat() -> None:
+    uni = _series(series_description="mp2rage_UNI_Images", image_type=("DERIVED", "PRIMARY", "M", "ND", "UNI"))
+    assert classify(SeriesFacts(uni, (_image(),))) == BidsTarget("anat", "UNIT1", rule="scanner-derived")
+    t1map = _series(image_type=("DERIVED", "PRIMARY", "T1 MAP", "ND"))
+    assert classify(SeriesFacts(t1map, (_image(),))) == BidsTarget("anat", "T1map", rule="scanner-derived")
+    mpr = _series(image_type=("DERIVED", "PRIMARY", "MPR", "ND"))
+    skipped = classify(SeriesFacts(mpr, (_image(),)))
+    assert isinstance(skipped, Skip) and skipped.code == "scanner-derived"

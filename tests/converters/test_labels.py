@@ -126,3 +126,37 @@ def test_pseudonymised_conversion_leaks_no_patient_id(xa30: Path, tmp_path: Path
 )
 def test_participant_facts(sex: str, age: str, facts: dict[str, str]) -> None:
     assert participant_facts(sex, age) == facts
+
+
+def _resolve(labels: Labels, given: str | None = None, **changes: object) -> tuple[str, str, str | None]:
+    found = labels.resolve_subject(_series(**changes), given=given, secret=lambda: b"dataset-secret-0123456789abcdef")
+    return found.label, found.source, found.note
+
+
+def test_a_template_never_merges_anonymised_patients_into_its_fixed_text() -> None:
+    # "site1-{PatientID}" with no PatientID would give "site1" for everyone: the fallback is used.
+    label, source, note = _resolve(Labels(subject="site1-{PatientID}"), patient_id="***", patient_name="Doe^Jane")
+    assert label.startswith("pn") and source == "PatientName hash"
+    assert note is not None and "PatientID is a placeholder ('***')" in note
+    other, _, _ = _resolve(Labels(subject="site1-{PatientID}"), patient_id="", patient_name="Roe^Richard")
+    assert other != label and other.startswith("pn")
+    kept, source, note = _resolve(Labels(subject="site1-{PatientID}"), patient_id="0042")
+    assert (kept, source, note) == ("site10042", "template", None)
+
+
+def test_one_person_name_gives_one_label_whatever_its_padding() -> None:
+    labels = Labels()
+    padded, _, _ = _resolve(labels, patient_id="", patient_name="Doe^John^^^")
+    plain, _, _ = _resolve(labels, patient_id="", patient_name="DOE^JOHN")
+    assert padded == plain
+    assert _resolve(labels, patient_id="", patient_name="Doe^Johnny")[0] != plain
+
+
+@pytest.mark.parametrize("placeholder", ["", "***", "-", "0000", "XXXXXX", "ANONYMOUS", "Removed"])
+def test_placeholders_are_not_labels(placeholder: str) -> None:
+    label, source, note = _resolve(Labels(), patient_id=placeholder, patient_name="")
+    assert label.startswith("st") and len(label) == 14 and source == "StudyInstanceUID hash"
+    assert note is not None and "no usable PatientName" in note
+    # A rule's label that renders a placeholder is not used either.
+    given, _, given_note = _resolve(Labels(), patient_id="P01", given=placeholder)
+    assert given == "P01" and given_note is not None and "given subject label" in given_note
