@@ -267,12 +267,12 @@ def test_mutated_rule_files_never_raise_anything_but_rules_error() -> None:
 
 def test_target_unknown_to_the_converter_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "rules.yaml"
-    # Chimap (a QSM map) is a valid BIDS anat suffix the converter does not produce.
-    assert ("anat", "Chimap") not in SUPPORTED
-    path.write_text(_RULE + "    match: {}\n    actions: [{convert: {datatype: anat, suffix: Chimap}}]\n",
+    # MESE (multi-echo spin echo, qMRI) is a valid BIDS anat suffix the converter does not produce.
+    assert ("anat", "MESE") not in SUPPORTED
+    path.write_text(_RULE + "    match: {}\n    actions: [{convert: {datatype: anat, suffix: MESE}}]\n",
                     encoding="utf-8")
     assert main(["rules", "check", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"{path}:5:50: note: anat/Chimap is not a target the converter knows" in out
+    assert f"{path}:5:50: note: anat/MESE is not a target the converter knows" in out
     known = ", ".join(sorted(s for d, s in SUPPORTED if d == "anat"))
     assert f"known anat suffixes: {known}" in out
