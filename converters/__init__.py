@@ -5,12 +5,15 @@ The pipeline runs in stages, one module each: :mod:`.discover` (find series, hea
 :mod:`.asl` digging ASL facts out of the headers) and :mod:`.bids` (names, session-wide runs and
 field-map links in :mod:`.bids.session`, dataset files, atomic publishing); :mod:`.labels` makes
 subject/session labels (templates, pseudonyms); :mod:`.pipeline` strings them together.
+
+Everything but the errors and records is imported on first use, so that importing those light
+parts — as the Orthanc plugin does inside Orthanc — loads no third-party package.
 """
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from converters.bids.naming import sanitize_label
-from converters.classify import Override
 from converters.errors import (
     BidsBridgeError,
     ConversionError,
@@ -20,9 +23,14 @@ from converters.errors import (
     LabelError,
     UnreadableDataError,
 )
-from converters.labels import Labels
-from converters.pipeline import convert_series, convert_tree, converted_sources, series_outputs
 from converters.records import SeriesResult
+
+if TYPE_CHECKING:
+    from converters.bids.manifests import converted_sources, series_outputs
+    from converters.bids.naming import sanitize_label
+    from converters.classify import Override
+    from converters.labels import Labels
+    from converters.pipeline import convert_series, convert_tree
 
 __all__ = [
     "BidsBridgeError",
@@ -41,5 +49,25 @@ __all__ = [
     "sanitize_label",
     "series_outputs",
 ]
+
+#: Names imported on first use, and their modules (only errors and records load eagerly: they
+#: use the standard library alone, so Orthanc's interpreter can import them before the venv's
+#: packages are on its path).
+_LAZY = {
+    "convert_series": "converters.pipeline",
+    "convert_tree": "converters.pipeline",
+    "converted_sources": "converters.bids.manifests",
+    "series_outputs": "converters.bids.manifests",
+    "sanitize_label": "converters.bids.naming",
+    "Override": "converters.classify",
+    "Labels": "converters.labels",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

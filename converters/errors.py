@@ -1,7 +1,22 @@
-"""Exceptions raised by :mod:`converters`.
+"""The one error tree of bidsbridge: every error the product raises on purpose derives from
+:class:`BidsBridgeError` (the plugin's and the XNAT delivery's errors too).
 
-Every message says what failed, where (a path or a series), and what to do about it.
-Each class subclasses the built-in that fits so callers may catch either.
+Every message says what failed, where (a path or a series), and what to do about it. Each class
+subclasses the built-in that fits so callers may catch either. :attr:`BidsBridgeError.retryable`
+says whether doing the same work again later may succeed: the plugin's job queue retries a job
+that failed with a retryable error (with backoff) and fails it at once otherwise.
+
+=========================  =========  ====================================================
+class                      retryable  what
+=========================  =========  ====================================================
+DicomInputError            no         the DICOM input is unusable (damaged, not one series)
+UnreadableDataError        no         dcm2niix cannot decode the data
+LabelError                 no         a label cannot be made (e.g. a patient missing from a
+                                      subject map)
+ConversionError            yes        dcm2niix or the environment failed
+Dcm2niixError              yes        dcm2niix exited with an environment error
+DatasetError               yes        the dataset cannot be written (disk, permissions)
+=========================  =========  ====================================================
 """
 
 from __future__ import annotations
@@ -21,6 +36,10 @@ __all__ = [
 
 class BidsBridgeError(Exception):
     """Base class of every error bidsbridge raises on purpose."""
+
+    #: True when trying the same work again later may succeed (a server down, a full disk);
+    #: False when only a change of input or configuration helps.
+    retryable: bool = False
 
 
 class DicomInputError(BidsBridgeError, ValueError):
@@ -52,6 +71,8 @@ class UnreadableDataError(DicomInputError):
 class ConversionError(BidsBridgeError, RuntimeError):
     """Converting a series to NIfTI failed."""
 
+    retryable = True
+
 
 class Dcm2niixError(ConversionError):
     """dcm2niix failed or produced nothing; carries its own output."""
@@ -69,4 +90,6 @@ class LabelError(BidsBridgeError, ValueError):
 
 
 class DatasetError(BidsBridgeError, OSError):
-    """The BIDS dataset cannot be written (permissions, corrupt bookkeeping, ...)."""
+    """The BIDS dataset cannot be written (permissions, a full disk, corrupt bookkeeping, ...)."""
+
+    retryable = True

@@ -14,7 +14,7 @@ A :class:`Labels` policy says how a series' subject and session labels are made:
   than published under its real identifier.
 
 A session label that more than one study of a subject would get (two studies on one day) is
-disambiguated when publishing, see :func:`converters.bids.publish.resolve_sessions`.
+disambiguated when publishing, see :func:`converters.bids.session_labels.resolve_sessions`.
 
 **Labels always exist** (:meth:`Labels.resolve_subject`): a series is never refused for its
 labels. The subject label is, in this order,
@@ -29,9 +29,9 @@ labels. The subject label is, in this order,
 4. else ``st`` + a keyed hash of the StudyInstanceUID (each study its own subject).
 
 The key of 3 and 4 is the site's pseudonym key when configured, else a random secret kept in the
-dataset (:func:`converters.bids.publish.dataset_secret`), so the hashes cannot be reversed by
+dataset (:func:`converters.bids.manifests.dataset_secret`), so the hashes cannot be reversed by
 trying names. Every fallback is said in the series' report (``notes``). Sessions without a usable
-StudyDate get ``uid`` + a digest of the StudyInstanceUID (:func:`~converters.bids.publish.resolve_sessions`).
+StudyDate get ``uid`` + a digest of the StudyInstanceUID (:func:`~converters.bids.session_labels.resolve_sessions`).
 """
 
 from __future__ import annotations

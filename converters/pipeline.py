@@ -14,18 +14,15 @@ from typing import Any
 
 from converters.asl import read_asl_headers
 from converters.bids.dataset import dump_json, participant_facts, sidecar
-from converters.bids.publish import (
-    PublishRequest,
-    StagedImage,
+from converters.bids.manifests import (
     dataset_secret,
     discard_staging,
-    ensure_dataset,
     make_staging_dir,
     manifest_path,
-    publish,
     read_manifest,
-    read_manifests,
 )
+from converters.bids.publish import PublishRequest, StagedImage, publish
+from converters.bids.tables import ensure_dataset
 from converters.bids.timing import bold_timing, rewrite_header
 from converters.classify import DEFAULT_RULES, Override, Rule, SeriesFacts, classify, place, screen
 from converters.conversion import dcm2niix_version, run_dcm2niix
@@ -45,7 +42,7 @@ from converters.records import (
 from converters.regroup import regroup, sources_digest
 from converters.split import ImageSet, deduplicate, partition
 
-__all__ = ["convert_series", "convert_tree", "converted_sources", "series_outputs"]
+__all__ = ["convert_series", "convert_tree"]
 
 logger = logging.getLogger(__name__)
 
@@ -423,21 +420,3 @@ def _current(root: Path, result: SeriesResult) -> SeriesResult:
     if manifest is None:
         return result
     return replace(result, outputs=manifest.outputs, session=manifest.session)
-
-
-def series_outputs(dataset_root: Path, series_uid: str) -> list[str]:
-    """Files (relative to the dataset root, sorted) the series currently owns — directly, or as a
-    part of an acquisition converted together (:mod:`converters.regroup`); [] if none."""
-    root = Path(dataset_root).resolve()
-    manifest = read_manifest(manifest_path(root, series_uid))
-    if manifest is None:
-        manifest = next((m for m in read_manifests(root).values() if series_uid in m.members), None)
-    return [] if manifest is None else list(manifest.outputs)
-
-
-def converted_sources(dataset_root: Path, series_uid: str) -> str | None:
-    """The input digest (:func:`converters.regroup.sources_digest`) an acquisition spread over
-    several series was last converted from, or None: the plugin converts it again only when its
-    series or their instances changed."""
-    manifest = read_manifest(manifest_path(Path(dataset_root).resolve(), series_uid))
-    return None if manifest is None or not manifest.sources else manifest.sources

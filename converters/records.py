@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from converters.jsonform import to_json
+
 __all__ = [
     "SKIP_CODES",
     "BidsTarget",
@@ -235,17 +237,4 @@ class SeriesResult:
     members: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "series_uid": self.series_uid,
-            "series_description": self.series_description,
-            "series_number": self.series_number,
-            "state": self.state,
-            "reason": self.reason,
-            "reason_code": self.reason_code,
-            "outputs": list(self.outputs),
-            "subject": self.subject,
-            "session": self.session,
-            "notes": list(self.notes),
-            "acquisition": self.acquisition,
-            "members": list(self.members),
-        }
+        return to_json(self)

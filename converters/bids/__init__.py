@@ -1,7 +1,10 @@
-"""Writing a raw BIDS dataset: names (:mod:`.naming`), dataset-level files (:mod:`.dataset`) and
-atomic, concurrency-safe publishing with per-series manifests (:mod:`.publish`)."""
+"""Writing a raw BIDS dataset: names (:mod:`.naming`), session-wide layout (:mod:`.session`),
+dataset-level files (:mod:`.dataset`), the bookkeeping folder and its per-series manifests
+(:mod:`.manifests`), session labels (:mod:`.session_labels`), the dataset tables (:mod:`.tables`),
+atomic, concurrency-safe publishing (:mod:`.publish`) and the derivatives dataset
+(:mod:`.derivatives`)."""
 
+from converters.bids.manifests import BOOKKEEPING_DIR
 from converters.bids.naming import sanitize_label
-from converters.bids.publish import BOOKKEEPING_DIR
 
 __all__ = ["BOOKKEEPING_DIR", "sanitize_label"]

@@ -14,6 +14,7 @@ __all__ = [
     "INDEX_ENTITIES",
     "STUDY_INDEX",
     "entity_value",
+    "label_characters",
     "relative_path",
     "sanitize_label",
     "scans_path",
@@ -38,14 +39,17 @@ INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "split", "chunk"})
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
 
 
-def sanitize_label(text: str) -> str:
-    """Reduce ``text`` to a BIDS label: ASCII letters and digits only.
-
-    Accented letters lose their accent (``"Müller-2"`` -> ``"Muller2"``); every other character
-    is dropped. Raises :class:`LabelError` if nothing is left.
-    """
+def label_characters(text: str) -> str:
+    """``text`` reduced to the characters of a BIDS label (ASCII letters and digits, accents
+    folded: ``"Müller-2"`` -> ``"Muller2"``); may be empty. The one definition of them."""
     decomposed = unicodedata.normalize("NFKD", text)
-    label = _NOT_ALNUM.sub("", decomposed.encode("ascii", "ignore").decode("ascii"))
+    return _NOT_ALNUM.sub("", decomposed.encode("ascii", "ignore").decode("ascii"))
+
+
+def sanitize_label(text: str) -> str:
+    """Reduce ``text`` to a BIDS label (:func:`label_characters`); raises :class:`LabelError` if
+    nothing is left."""
+    label = label_characters(text)
     if not label:
         raise LabelError(
             f"{text!r} has no letters or digits, so it cannot be a BIDS label; pass an explicit label instead"

@@ -1,171 +1,43 @@
 """Stage 4 — publish: move one series' staged files into the dataset, atomically and safely
 next to other processes doing the same.
 
-Layout of the bookkeeping folder ``<dataset>/.bidsbridge/`` (hidden, so the BIDS validator
-ignores it):
-
-- ``lock`` — every publish holds an exclusive :func:`fcntl.flock` on it for its whole critical
-  section (naming, renames, manifest and table updates);
-- ``series/<sha256 of SeriesInstanceUID>.json`` — the manifest of one series: its subject,
-  session, study and the files it owns. Re-publishing a series replaces exactly those files;
-- ``tmp/<random>/`` — private staging folders (same file system as the dataset, so the final
-  moves are renames);
-- ``label-key`` — a random secret made on first need (mode 0600): the key of the hashed
-  subject labels of series without a usable PatientID (:meth:`converters.labels.Labels.resolve_subject`).
-
-Nothing written here depends on time or on the machine: participants.tsv and every
-``*_scans.tsv`` are regenerated from the manifests (plus rows the user added for files bidsbridge
-does not own), sorted.
+:func:`publish` takes the dataset lock (:mod:`.manifests`), works out the series' session label
+(:mod:`.session_labels`; moving a study whose label changed), lays its session out again
+(:func:`converters.bids.session.layout`: runs, ``acq``, field-map links), claims the new names in
+the manifests before renaming anything, moves the files in, and then refreshes the dataset
+tables (:mod:`.tables`).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
 import json
-import logging
 import os
-import secrets
-import shutil
-import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from converters.bids.dataset import (
-    changes_text,
-    dataset_description,
-    dump_json,
-    participants_sidecar,
-    read_tsv,
-    readme_text,
-    render_tsv,
+from converters.bids.dataset import dump_json
+from converters.bids.manifests import (
+    SeriesManifest,
+    _remove_empty_parents,
+    _sweep_stale_staging,
+    _write_text,
+    dataset_lock,
+    discard_staging,
+    make_staging_dir,
+    manifest_path,
+    read_manifests,
 )
-from converters.bids.naming import STUDY_INDEX, scans_path, session_prefix
-from converters.bids.session import LINK_KEYS, ImageRecord, SeriesEntry, Slot, layout, links
+from converters.bids.naming import session_prefix
+from converters.bids.session import LINK_KEYS, ImageRecord, Slot, layout, links
+from converters.bids.session_labels import StudyKey, _study_keys, resolve_sessions
+from converters.bids.tables import _ensure_dataset_files, _refresh_participants, _refresh_scans
 from converters.errors import DatasetError
 from converters.records import BidsTarget, DicomSeries
 
-__all__ = [
-    "BOOKKEEPING_DIR",
-    "LOCK_NAME",
-    "STALE_STAGING_SECONDS",
-    "PublishRequest",
-    "Published",
-    "SeriesManifest",
-    "StagedImage",
-    "StudyKey",
-    "dataset_lock",
-    "dataset_secret",
-    "discard_staging",
-    "ensure_dataset",
-    "make_staging_dir",
-    "manifest_path",
-    "publish",
-    "read_manifest",
-    "read_manifests",
-    "resolve_sessions",
-]
-
-logger = logging.getLogger(__name__)
-
-#: Bookkeeping folder inside the dataset root.
-BOOKKEEPING_DIR = ".bidsbridge"
-#: Lock file inside :data:`BOOKKEEPING_DIR`.
-LOCK_NAME = "lock"
-#: Staging folders older than this (seconds; default one day) belong to crashed processes and are
-#: removed by the next publish. A conversion never takes that long (dcm2niix is killed after 900 s).
-STALE_STAGING_SECONDS = 24 * 3600.0
+__all__ = ["PublishRequest", "Published", "StagedImage", "publish"]
 
 _EXTENSION_ORDER = (".nii.gz", ".json", ".bval", ".bvec", "_aslcontext.tsv")
-
-
-@dataclass(frozen=True)
-class SeriesManifest:
-    """What one series owns in the dataset."""
-
-    series_uid: str
-    study_uid: str
-    subject: str
-    session: str | None
-    series_number: int | None
-    series_description: str
-    #: Files relative to the dataset root, sorted.
-    outputs: tuple[str, ...]
-    #: (file name relative to the session folder, acq_time) for each image, sorted.
-    scans: tuple[tuple[str, str], ...] = ()
-    #: Earliest acquisition date-time of the series (BIDS form) or "".
-    acquisition_time: str = ""
-    #: Each image as the classifier placed it, and where it is now (extension -> path).
-    images: tuple[ImageRecord, ...] = ()
-    placed: tuple[Mapping[str, str], ...] = ()
-    #: The session label the study asked for, its StudyTime, and whether the label was given
-    #: by the caller (never disambiguated or moved). None for manifests of older versions.
-    session_base: str | None = None
-    study_time: str = ""
-    session_fixed: bool = True
-    #: StudyDate (``YYYYMMDD``) or "": orders studies for ``{StudyIndex}`` session labels.
-    study_date: str = ""
-    #: participants.tsv columns from this series' headers (``age``, ``sex``).
-    participant: Mapping[str, str] = field(default_factory=dict, hash=False)
-    #: For an acquisition spread over several series (:mod:`converters.regroup`): the input
-    #: series converted into it, and a digest of their instances (same digest: same input).
-    members: tuple[str, ...] = ()
-    sources: str = ""
-
-    def entry(self) -> SeriesEntry:
-        return SeriesEntry(self.series_uid, self.series_number, self.acquisition_time, self.images)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "series_uid": self.series_uid,
-            "study_uid": self.study_uid,
-            "subject": self.subject,
-            "session": self.session,
-            "series_number": self.series_number,
-            "series_description": self.series_description,
-            "acquisition_time": self.acquisition_time,
-            "session_base": self.session_base,
-            "study_time": self.study_time,
-            "study_date": self.study_date,
-            "session_fixed": self.session_fixed,
-            "participant": dict(self.participant),
-            "members": list(self.members),
-            "sources": self.sources,
-            "outputs": list(self.outputs),
-            "scans": [{"filename": name, "acq_time": time} for name, time in self.scans],
-            "images": [
-                {**image.to_json(), "placed": dict(placed)}
-                for image, placed in zip(self.images, self.placed, strict=True)
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SeriesManifest:
-        return cls(
-            series_uid=str(data["series_uid"]),
-            study_uid=str(data["study_uid"]),
-            subject=str(data["subject"]),
-            session=None if data["session"] is None else str(data["session"]),
-            series_number=None if data["series_number"] is None else int(data["series_number"]),
-            series_description=str(data["series_description"]),
-            outputs=tuple(str(p) for p in data["outputs"]),
-            scans=tuple((str(s["filename"]), str(s["acq_time"])) for s in data["scans"]),
-            acquisition_time=str(data.get("acquisition_time", "")),
-            session_base=None if data.get("session_base") is None else str(data["session_base"]),
-            study_time=str(data.get("study_time", "")),
-            study_date=str(data.get("study_date", "")),
-            session_fixed=bool(data.get("session_fixed", True)),
-            participant={str(k): str(v) for k, v in data.get("participant", {}).items()},
-            members=tuple(str(m) for m in data.get("members", ())),
-            sources=str(data.get("sources", "")),
-            images=tuple(ImageRecord.from_json(image) for image in data.get("images", ())),
-            placed=tuple({str(k): str(v) for k, v in image["placed"].items()} for image in data.get("images", ())),
-        )
 
 
 @dataclass(frozen=True)
@@ -208,299 +80,6 @@ class PublishRequest:
 class Published:
     outputs: tuple[str, ...]
     session: str | None
-
-
-def _bookkeeping(root: Path) -> Path:
-    return root / BOOKKEEPING_DIR
-
-
-def manifest_path(root: Path, series_uid: str) -> Path:
-    digest = hashlib.sha256(series_uid.encode("utf-8")).hexdigest()
-    return _bookkeeping(root) / "series" / f"{digest}.json"
-
-
-def read_manifest(path: Path) -> SeriesManifest | None:
-    try:
-        return SeriesManifest.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"corrupt bidsbridge manifest {path} ({exc}); delete it and re-convert that series") from exc
-
-
-def read_manifests(root: Path) -> dict[str, SeriesManifest]:
-    """All manifests of the dataset by SeriesInstanceUID."""
-    folder = _bookkeeping(root) / "series"
-    found: dict[str, SeriesManifest] = {}
-    if not folder.is_dir():
-        return found
-    for path in sorted(folder.glob("*.json")):
-        manifest = read_manifest(path)
-        if manifest is not None:
-            found[manifest.series_uid] = manifest
-    return found
-
-
-@contextmanager
-def dataset_lock(root: Path) -> Iterator[None]:
-    """Hold the dataset-wide exclusive lock (blocks until it is free)."""
-    folder = _bookkeeping(root)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = (folder / LOCK_NAME).open("a+b")
-    except OSError as exc:
-        raise DatasetError(f"cannot create the dataset lock in {folder}: {exc}") from exc
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-SECRET_NAME = "label-key"
-
-
-def dataset_secret(root: Path) -> bytes:
-    """The dataset's own random secret (32 bytes, hex in ``.bidsbridge/label-key``), made
-    atomically on first use so that concurrent workers all read the same one."""
-    folder = _bookkeeping(root)
-    path = folder / SECRET_NAME
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            temporary = folder / f".{SECRET_NAME}.{uuid.uuid4().hex}.tmp"
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-                handle.write(secrets.token_hex(32) + "\n")
-            try:
-                os.link(temporary, path)  # fails if another process made it first: theirs wins
-            except FileExistsError:
-                pass
-            finally:
-                temporary.unlink(missing_ok=True)
-        text = path.read_text(encoding="ascii").strip()
-    except OSError as exc:
-        raise DatasetError(f"cannot read or create the dataset's label key {path}: {exc}") from exc
-    if len(text) < 32:
-        raise DatasetError(f"the dataset's label key {path} is damaged; delete it only if no label depends on it")
-    return text.encode("ascii")
-
-
-def make_staging_dir(root: Path) -> Path:
-    """A new private folder under ``.bidsbridge/tmp`` (same file system as the dataset)."""
-    folder = _bookkeeping(root) / "tmp" / uuid.uuid4().hex
-    try:
-        folder.mkdir(parents=True)
-    except OSError as exc:
-        raise DatasetError(f"cannot create a staging folder in {root}: {exc}") from exc
-    return folder
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and :func:`os.replace` so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _remove_empty_parents(root: Path, path: Path) -> None:
-    """Remove the now-empty folders above ``path``, up to (not including) ``root``."""
-    folder = path.parent
-    while folder != root and root in folder.parents:
-        try:
-            folder.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                return
-            raise
-        folder = folder.parent
-
-
-@dataclass(frozen=True)
-class StudyKey:
-    """What decides a study's session label: the label it asks for and when it was acquired."""
-
-    study_uid: str
-    #: Requested label (session template, default StudyDate) or None (no date: a UID digest).
-    base: str | None
-    #: StudyTime (``HHMMSS[.ffffff]``) or "".
-    time: str
-    #: A label given by the caller (or by an older bidsbridge): used as it is.
-    fixed: str | None = None
-    #: StudyDate ``YYYYMMDD`` or "" (orders ``{StudyIndex}`` studies).
-    date: str = ""
-
-
-def _digest(study_uid: str) -> str:
-    return hashlib.sha256(study_uid.encode("utf-8")).hexdigest()[:8]
-
-
-def resolve_sessions(studies: Mapping[str, StudyKey]) -> dict[str, str]:
-    """Session label of each study of one subject, a pure function of all of them (so arrival
-    order never matters).
-
-    Fixed labels stay. Studies asking for the same label (two studies on one day) are put in
-    order of StudyTime (then UID): the first keeps the plain label (``20220711``), each later one
-    gets the time added (``20220711T153000``), or a digest of its StudyInstanceUID when even that
-    is taken. A study with no label to ask for gets ``uid`` plus that digest. Studies asking for
-    :data:`~converters.bids.naming.STUDY_INDEX` are numbered 1, 2, ... by StudyDate, StudyTime, UID.
-    """
-    labels: dict[str, str] = {uid: key.fixed for uid, key in studies.items() if key.fixed is not None}
-    taken = set(labels.values())
-    indexed = sorted(
-        (key for key in studies.values() if key.fixed is None and key.base == STUDY_INDEX),
-        key=lambda k: (k.date or "~", k.time or "~", k.study_uid),
-    )
-    number = 0
-    for key in indexed:
-        number += 1
-        while str(number) in taken:
-            number += 1
-        labels[key.study_uid] = str(number)
-        taken.add(str(number))
-    groups: dict[str, list[StudyKey]] = {}
-    for key in studies.values():
-        if key.fixed is None and key.base != STUDY_INDEX:
-            groups.setdefault(key.base or "", []).append(key)
-    for base in sorted(groups):
-        for position, key in enumerate(sorted(groups[base], key=lambda k: (k.time or "~", k.study_uid))):
-            time = key.time.split(".")[0]
-            candidates = [base] if base and position == 0 else []
-            if base and len(time) >= 6 and time[:6].isdigit():
-                candidates.append(f"{base}T{time[:6]}")
-            candidates.append(f"{base}x{_digest(key.study_uid)}" if base else f"uid{_digest(key.study_uid)}")
-            label = next((c for c in candidates if c not in taken), None)
-            if label is None:
-                raise DatasetError(f"cannot find a free session label for study {key.study_uid}; pass session=")
-            labels[key.study_uid] = label
-            taken.add(label)
-    return labels
-
-
-def _study_keys(subject: str, manifests: Mapping[str, SeriesManifest]) -> dict[str, StudyKey]:
-    keys: dict[str, StudyKey] = {}
-    for manifest in sorted(manifests.values(), key=lambda m: m.series_uid):
-        if manifest.subject != subject or manifest.study_uid in keys or manifest.session is None:
-            continue
-        fixed = manifest.session if manifest.session_fixed else None
-        keys[manifest.study_uid] = StudyKey(
-            manifest.study_uid, manifest.session_base, manifest.study_time, fixed, manifest.study_date
-        )
-    return keys
-
-
-def _refresh_scans(root: Path, subject: str, session: str | None, manifests: Mapping[str, SeriesManifest]) -> None:
-    folder, _ = session_prefix(subject, session)
-    path = root / scans_path(subject, session)
-    managed: dict[str, str] = {}
-    for manifest in manifests.values():
-        if manifest.subject == subject and manifest.session == session:
-            managed.update(dict(manifest.scans))
-    owned_anywhere = {p for m in manifests.values() for p in m.outputs}
-    existing = read_tsv(path)
-    columns = ["filename", "acq_time"]
-    rows: dict[str, dict[str, str]] = {}
-    if existing is not None:
-        old_columns, old_rows = existing
-        columns += [c for c in old_columns if c not in columns]
-        for row in old_rows:
-            name = row.get("filename", "")
-            if name in managed:
-                rows[name] = dict(row)
-            elif f"{folder}/{name}" not in owned_anywhere and (root / folder / name).exists():
-                rows[name] = dict(row)  # the user's own file: keep its row
-    for name, acq_time in managed.items():
-        rows[name] = {**rows.get(name, {}), "filename": name, "acq_time": acq_time or "n/a"}
-    if not rows:
-        if path.exists():
-            path.unlink()
-            _remove_empty_parents(root, path)
-        return
-    _write_text(path, render_tsv(columns, (rows[name] for name in sorted(rows))))
-
-
-#: participants.tsv columns bidsbridge fills from the headers, in this order.
-_PARTICIPANT_COLUMNS = ("age", "sex")
-
-
-def _participant_values(manifests: Sequence[SeriesManifest]) -> dict[str, str]:
-    """One subject's columns: sex when its series agree, age at the earliest study recording one."""
-    values: dict[str, str] = {}
-    sexes = {m.participant["sex"] for m in manifests if "sex" in m.participant}
-    if len(sexes) == 1:
-        values["sex"] = sexes.pop()
-    aged = sorted(
-        (m.acquisition_time or "~", m.series_uid, m.participant["age"]) for m in manifests if "age" in m.participant
-    )
-    if aged:
-        values["age"] = aged[0][2]
-    return values
-
-
-def _refresh_participants(root: Path, manifests: Mapping[str, SeriesManifest]) -> None:
-    path = root / "participants.tsv"
-    by_subject: dict[str, list[SeriesManifest]] = {}
-    for manifest in manifests.values():
-        by_subject.setdefault(f"sub-{manifest.subject}", []).append(manifest)
-    facts = {participant: _participant_values(found) for participant, found in by_subject.items()}
-    existing = read_tsv(path)
-    columns = ["participant_id"] + [c for c in _PARTICIPANT_COLUMNS if any(c in f for f in facts.values())]
-    rows: dict[str, dict[str, str]] = {}
-    if existing is not None:
-        old_columns, old_rows = existing
-        columns += [c for c in old_columns if c not in columns]
-        for row in old_rows:
-            participant = row.get("participant_id", "")
-            if participant in by_subject or (participant and (root / participant).is_dir()):
-                rows[participant] = dict(row)
-    for participant, values in facts.items():
-        row = rows.setdefault(participant, {"participant_id": participant})
-        for column in _PARTICIPANT_COLUMNS:
-            if column in values:
-                row[column] = values[column]
-    if not rows:
-        if path.exists():
-            path.unlink()
-        return
-    _write_text(path, render_tsv(columns, (rows[p] for p in sorted(rows))))
-    sidecar_path = root / "participants.json"
-    try:
-        described = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read {sidecar_path} ({exc}); fix or delete it") from exc
-    ours = participants_sidecar()
-    wanted = dict(described)
-    for column in columns:
-        if column in ours and column not in wanted:
-            wanted[column] = ours[column]
-    if wanted != described or not sidecar_path.exists():
-        _write_text(sidecar_path, dump_json(wanted))
-
-
-def ensure_dataset(root: Path, dcm2niix_version: str) -> None:
-    """Make ``root`` a BIDS dataset (its dataset-level files) under the dataset lock, whatever is
-    converted into it later: a dataset never exists without ``dataset_description.json``."""
-    try:
-        with dataset_lock(root):
-            _ensure_dataset_files(root, dcm2niix_version)
-    except OSError as exc:
-        if isinstance(exc, DatasetError):
-            raise
-        raise DatasetError(f"cannot write the dataset files of {root}: {exc}") from exc
-
-
-def _ensure_dataset_files(root: Path, dcm2niix_version: str) -> None:
-    """Create dataset_description.json, README.md and CHANGES when missing; never overwrite the user's."""
-    if not (root / "dataset_description.json").exists():
-        _write_text(root / "dataset_description.json", dump_json(dataset_description(dcm2niix_version)))
-    if not any((root / name).exists() for name in ("README", "README.md", "README.rst", "README.txt")):
-        _write_text(root / "README.md", readme_text())
-    if not (root / "CHANGES").exists():
-        _write_text(root / "CHANGES", changes_text())
 
 
 def _session_manifests(
@@ -782,20 +361,3 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
             raise
         raise DatasetError(f"cannot publish series {uid} into {root}: {exc}") from exc
     return Published(outputs=outputs, session=session)
-
-
-def _sweep_stale_staging(root: Path) -> None:
-    folder = _bookkeeping(root) / "tmp"
-    limit = time.time() - STALE_STAGING_SECONDS
-    for entry in folder.iterdir() if folder.is_dir() else ():
-        try:
-            if entry.stat().st_mtime < limit:
-                logger.warning("removing staging folder %s left by a crashed conversion", entry)
-                shutil.rmtree(entry, ignore_errors=True)
-        except FileNotFoundError:
-            continue
-
-
-def discard_staging(folder: Path) -> None:
-    """Remove a staging folder made by :func:`make_staging_dir` (errors are logged, not raised)."""
-    shutil.rmtree(folder, ignore_errors=True)

@@ -34,6 +34,7 @@ from converters.derived.labels import Label, LabelTable, format_dseg_tsv, parse_
 from converters.derived.nifti import read_nifti_labels, write_nifti, write_nifti_labels, write_nifti_map
 from converters.derived.pm import ParametricMapData, encode_parametric_map, read_parametric_map
 from converters.derived.seg import (
+    SEGMENTATION_SOP_CLASSES,
     SegmentationData,
     SegmentationType,
     encode_mask_segmentation,
@@ -46,6 +47,7 @@ from converters.derived.sr import SegmentMeasurement, encode_measurement_sr, mea
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "SEGMENTATION_SOP_CLASSES",
     "AdcResult",
     "DerivedInputError",
     "DiffusionEncoding",

@@ -37,6 +37,7 @@ from converters.derived.series import ImageSeries, functional_item, series_name
 
 __all__ = [
     "MASK_LABEL",
+    "SEGMENTATION_SOP_CLASSES",
     "SegmentationData",
     "SegmentationType",
     "encode_mask_segmentation",
@@ -50,7 +51,8 @@ SegmentationType = Literal["BINARY", "LABELMAP"]
 #: The single segment of the ADC signal mask.
 MASK_LABEL = Label(1, "ADC signal mask", description="Voxels with diffusion signal, where the ADC is defined")
 
-_SEG_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
+#: SOP Class UIDs of DICOM Segmentations (Segmentation, Label Map Segmentation): highdicom's list.
+SEGMENTATION_SOP_CLASSES: frozenset[str] = frozenset(hd.seg.SOP_CLASS_UIDS)
 _ORIGINAL_VALUE = re.compile(r"^Label value (\d+) in the source label map")
 _DEFAULT_ALGORITHM_FAMILY: Code = codes.DCM.HistogramAnalysis
 
@@ -281,7 +283,7 @@ def read_segmentation(source: Path | Dataset, *, geometry: SeriesGeometry | None
     path = source if isinstance(source, Path) else None
     ds = pydicom.dcmread(source) if isinstance(source, Path) else source
     name = series_name(ds)
-    if ds.get("SOPClassUID") not in _SEG_CLASSES:
+    if ds.get("SOPClassUID") not in SEGMENTATION_SOP_CLASSES:
         raise DerivedInputError(f"not a Segmentation (SOP Class {ds.get('SOPClassUID', '?')})", path)
     seg_type = str(ds.get("SegmentationType", ""))
     if seg_type not in ("BINARY", "LABELMAP"):

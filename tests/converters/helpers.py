@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters import SeriesResult
+from converters.records import DicomSeries
 
 
 @dataclass(frozen=True)
@@ -24,3 +25,16 @@ def series_dir(xa30: Path, number: int) -> Path:
     """``In/<number>_*`` of the XA30 suite."""
     (found,) = (xa30 / "In").glob(f"{number}_*")
     return found
+
+
+def make_series(**changes: object) -> DicomSeries:
+    """A synthetic MR series record for classifier tests; ``changes`` replace its header facts."""
+    fields: dict[str, object] = {
+        "series_uid": "1.2.3", "study_uid": "1.2", "patient_id": "P", "series_number": 3,
+        "series_description": "", "protocol_name": "", "modality": "MR",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4", "study_date": "20240102", "study_time": "101010",
+        "acquisition_time": "", "image_type": ("ORIGINAL", "PRIMARY", "M"), "has_pixels": True,
+        "files": (Path("x.dcm"),),
+    }  # fmt: skip
+    fields.update(changes)
+    return DicomSeries(**fields)  # type: ignore[arg-type]

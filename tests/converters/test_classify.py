@@ -16,7 +16,8 @@ from converters.classify import (
     phase_encoding_label,
     place,
 )
-from converters.records import BidsTarget, ConvertedImage, DicomSeries, Skip
+from converters.records import BidsTarget, ConvertedImage, Skip
+from tests.converters.helpers import make_series
 
 
 @pytest.mark.parametrize(
@@ -40,16 +41,7 @@ def test_free_text_is_not_reproin(text: str) -> None:
     assert parse_reproin(text) is None
 
 
-def _series(**changes: object) -> DicomSeries:
-    fields: dict[str, object] = {
-        "series_uid": "1.2.3", "study_uid": "1.2", "patient_id": "P", "series_number": 3,
-        "series_description": "", "protocol_name": "", "modality": "MR",
-        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4", "study_date": "20240102", "study_time": "101010",
-        "acquisition_time": "", "image_type": ("ORIGINAL", "PRIMARY", "M"), "has_pixels": True,
-        "files": (Path("x.dcm"),),
-    }  # fmt: skip
-    fields.update(changes)
-    return DicomSeries(**fields)  # type: ignore[arg-type]
+_series = make_series
 
 
 def _image(

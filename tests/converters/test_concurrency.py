@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 
 from converters import convert_series, convert_tree
-from converters.bids.publish import (
-    BOOKKEEPING_DIR,
-    PublishRequest,
-    StagedImage,
-    discard_staging,
-    make_staging_dir,
-    publish,
-)
+from converters.bids.manifests import BOOKKEEPING_DIR, discard_staging, make_staging_dir
+from converters.bids.publish import PublishRequest, StagedImage, publish
 from converters.records import BidsTarget, DicomSeries
 from tests.converters.helpers import Converted
 

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from converters import Labels, SeriesResult, convert_tree
-from converters.bids.publish import BOOKKEEPING_DIR, SECRET_NAME
+from converters.bids.manifests import BOOKKEEPING_DIR, SECRET_NAME
 from tests.converters.helpers import series_dir
 from tests.validator import validate
 

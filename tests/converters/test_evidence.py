@@ -35,6 +35,7 @@ from converters.discover import discover
 from converters.records import SKIP_CODES, BidsTarget, ConvertedImage, DicomSeries, SeriesPart, Skip, SkipCode
 from converters.regroup import acquisition_uid, regroup
 from converters.split import ImageSet, deduplicate, partition
+from tests.converters.helpers import make_series
 
 Affine = tuple[tuple[float, ...], ...]
 
@@ -44,16 +45,7 @@ SAGITTAL: Affine = ((0, 0, 1.0, 0), (1.0, 0, 0, 0), (0, 1.0, 0, 0), (0, 0, 0, 1.
 CORONAL: Affine = ((1.0, 0, 0, 0), (0, 0, 1.0, 0), (0, 1.0, 0, 0), (0, 0, 0, 1.0))
 
 
-def _series(**changes: object) -> DicomSeries:
-    fields: dict[str, object] = {
-        "series_uid": "1.2.3", "study_uid": "1.2", "patient_id": "P", "series_number": 3,
-        "series_description": "", "protocol_name": "", "modality": "MR",
-        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4", "study_date": "20240102", "study_time": "101010",
-        "acquisition_time": "", "image_type": ("ORIGINAL", "PRIMARY", "M"), "has_pixels": True,
-        "files": (Path("x.dcm"),),
-    }  # fmt: skip
-    fields.update(changes)
-    return DicomSeries(**fields)  # type: ignore[arg-type]
+_series = make_series
 
 
 def _converted(

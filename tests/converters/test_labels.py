@@ -8,8 +8,8 @@ import pytest
 
 from converters import LabelError, Labels, convert_series, sanitize_label
 from converters.bids.dataset import participant_facts
+from converters.bids.manifests import BOOKKEEPING_DIR
 from converters.bids.naming import entity_value, relative_path
-from converters.bids.publish import BOOKKEEPING_DIR
 from converters.labels import read_subject_map
 from converters.records import BidsTarget, DicomSeries
 from tests.converters.helpers import series_dir

@@ -12,8 +12,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from converters import DatasetError, Labels, Override, convert_series, series_outputs
+from converters.bids.manifests import BOOKKEEPING_DIR, STALE_STAGING_SECONDS, manifest_path
 from converters.bids.naming import STUDY_INDEX
-from converters.bids.publish import BOOKKEEPING_DIR, STALE_STAGING_SECONDS, _rename_all, manifest_path
+from converters.bids.publish import _rename_all
 from tests.converters.helpers import Converted, series_dir
 from tests.validator import validate
 

@@ -25,15 +25,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from converters.bids.dataset import BIDS_VERSION
+from converters.bids.manifests import dataset_lock, series_outputs
 from converters.bids.naming import sanitize_label
-from converters.bids.publish import dataset_lock
 from converters.errors import DatasetError
-from converters.pipeline import series_outputs
 
 __all__ = ["DERIVATIVES_NAME", "DerivativeImage", "derivatives_root", "publish_derivatives"]
 
 DERIVATIVES_NAME = "bidsbridge"
-_BIDS_VERSION = "1.11.1"
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def _ensure_description(root: Path) -> None:
         return
     _write_atomic(path, _dump({
         "Name": "bidsbridge derivatives",
-        "BIDSVersion": _BIDS_VERSION,
+        "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "bidsbridge", "Version": _version("bidsbridge"),
                          "Description": "ADC maps and segmentations, also stored as DICOM in Orthanc"}],
