@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+from converters.jsonform import to_json
 from xnat_container.client import XnatClient
 from xnat_container.destinations import Destination
 from xnat_container.errors import (
@@ -41,13 +42,7 @@ class CheckResult:
     role: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "message": self.message,
-            "problem": self.problem,
-            "xnat_version": self.xnat_version,
-            "role": self.role,
-        }
+        return to_json(self)
 
 
 def _login(client: XnatClient, destination: Destination) -> CheckResult | None:

@@ -319,17 +319,13 @@ class XnatClient:
         :param accepted: statuses that count as success (returned as they are).
         :param what: what the request does, for messages ("upload anat/x.nii.gz").
         """
-        destination = self.destination
-        attempts = destination.retries + 1
+        attempts = self.destination.retries + 1
         reauthenticated = False
         problem = ""
         attempt = 0
         while attempt < attempts:
             if attempt:
-                self.retries_done += 1
-                delay = self._backoff(attempt)
-                logger.info("%s: retrying to %s in %.1fs (%s)", self.url, what, delay, problem)
-                self._sleep(delay)
+                self._wait_to_retry(attempt, what, problem)
             attempt += 1
             try:
                 response = self._send(method, path, query, body)
@@ -338,35 +334,49 @@ class XnatClient:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem = self._connection_problem(exc)
                 continue
-            status = response.status_code
-            if status in accepted:
+            if response.status_code in accepted:
                 return response
-            if status == 401:
-                if not reauthenticated and self._http is not None:
-                    reauthenticated = True  # a lost session: one fresh try, not counted as an attempt
-                    self._http.cookies.clear()
-                    attempt -= 1
-                    problem = "401, retrying with a fresh session"
-                    continue
-                raise XnatAuthError(
-                    f"XNAT at {self.url} refused the credentials of {destination.shown_user} (401): "
-                    "check the username and the password or token",
-                    status=status,
-                )
-            if status == 403:
-                raise XnatAuthError(
-                    f"XNAT at {self.url}: {destination.shown_user} may not {what} (403): {_body_excerpt(response)}",
-                    status=status,
-                )
-            if status >= 500 or status in _RETRY_STATUSES:
-                problem = f"HTTP {status}"
+            if response.status_code == 401 and not reauthenticated and self._http is not None:
+                reauthenticated = True  # a lost session: one fresh try, not counted as an attempt
+                self._http.cookies.clear()
+                attempt -= 1
+                problem = "401, retrying with a fresh session"
                 continue
-            raise XnatRequestError(
-                f"XNAT at {self.url} refused to {what}: HTTP {status} {_body_excerpt(response)}".rstrip(),
-                status=status,
-            )
+            problem = self._retry_reason(response, what)
         raise XnatUnavailable(
             f"XNAT at {self.url} unavailable: could not {what} after {attempts} attempt(s) ({problem})"
+        )
+
+    def _wait_to_retry(self, attempt: int, what: str, problem: str) -> None:
+        """Count, log and sleep the backoff before retry ``attempt``."""
+        self.retries_done += 1
+        delay = self._backoff(attempt)
+        logger.info("%s: retrying to %s in %.1fs (%s)", self.url, what, delay, problem)
+        self._sleep(delay)
+
+    def _retry_reason(self, response: requests.Response, what: str) -> str:
+        """Why an answer that is not accepted is worth retrying (``HTTP 503``); raise when it is not.
+
+        A 401 here is final (the one fresh-session retry is spent or impossible); 403 and other 4xx fail fast.
+        """
+        destination = self.destination
+        status = response.status_code
+        if status == 401:
+            raise XnatAuthError(
+                f"XNAT at {self.url} refused the credentials of {destination.shown_user} (401): "
+                "check the username and the password or token",
+                status=status,
+            )
+        if status == 403:
+            raise XnatAuthError(
+                f"XNAT at {self.url}: {destination.shown_user} may not {what} (403): {_body_excerpt(response)}",
+                status=status,
+            )
+        if status >= 500 or status in _RETRY_STATUSES:
+            return f"HTTP {status}"
+        raise XnatRequestError(
+            f"XNAT at {self.url} refused to {what}: HTTP {status} {_body_excerpt(response)}".rstrip(),
+            status=status,
         )
 
     def get_json(self, path: str, *, query: Mapping[str, str] | None = None, what: str) -> Any:

@@ -45,7 +45,6 @@ A bad value raises :class:`~xnat_container.errors.XnatConfigError` naming the ke
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import string
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from converters.settings import read_bool, read_int, read_number
 from xnat_container.errors import XnatConfigError
 
 __all__ = [
@@ -200,24 +200,15 @@ def _check_template(value: object, key: str) -> str:
 
 
 def _bool(section: Mapping[str, Any], name: str, default: bool, prefix: str) -> bool:
-    value = section.get(name, default)
-    if not isinstance(value, bool):
-        raise XnatConfigError(f"{prefix}.{name} must be true or false, not {value!r}")
-    return value
+    return read_bool(section, name, default, key=f"{prefix}.{name}", error=XnatConfigError)
 
 
 def _number(section: Mapping[str, Any], name: str, default: float, minimum: float, prefix: str) -> float:
-    value = section.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
-        raise XnatConfigError(f"{prefix}.{name} must be a number >= {minimum:g}, not {value!r}")
-    return float(value)
+    return read_number(section, name, default, minimum, key=f"{prefix}.{name}", error=XnatConfigError)
 
 
 def _int(section: Mapping[str, Any], name: str, default: int, minimum: int, prefix: str) -> int:
-    value = section.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise XnatConfigError(f"{prefix}.{name} must be an integer >= {minimum}, not {value!r}")
-    return value
+    return read_int(section, name, default, minimum, key=f"{prefix}.{name}", error=XnatConfigError)
 
 
 def _env(name: object, key: str, environ: Mapping[str, str]) -> str:
@@ -244,12 +235,8 @@ def _secret_file(value: object, key: str) -> Secret:
     return Secret(secret)
 
 
-def parse_destination(
-    alias: str, section: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, prefix: str = SECTION
-) -> Destination:
-    """One destination from its configuration object; see the module docstring for the keys."""
-    env = os.environ if environ is None else environ
-    key = f"{prefix}.{alias}"
+def _check_keys(alias: str, section: object, key: str) -> None:
+    """The alias is well formed and ``section`` an object of known keys, with no ``Password``."""
     if not _ALIAS.fullmatch(alias):
         raise XnatConfigError(f"{key}: an alias must be letters, digits, '_', '-' or '.'")
     if not isinstance(section, Mapping):
@@ -262,24 +249,31 @@ def parse_destination(
     unknown = sorted(set(section) - _KEYS)
     if unknown:
         raise XnatConfigError(f"{key}.{unknown[0]} is not a known key (known: {', '.join(sorted(_KEYS))})")
-    url = _check_url(section.get("Url"), f"{key}.Url")
 
+
+def _username(section: Mapping[str, Any], key: str, environ: Mapping[str, str]) -> str:
+    """The login: ``Username``, or the environment variable ``UsernameEnv`` names."""
     if "Username" in section and "UsernameEnv" in section:
         raise XnatConfigError(f"{key}: give Username or UsernameEnv, not both")
     if "UsernameEnv" in section:
-        username = _env(section["UsernameEnv"], f"{key}.UsernameEnv", env)
-    else:
-        username = section.get("Username", "")
-        if not isinstance(username, str) or not username:
-            raise XnatConfigError(f"{key}.Username is required (or UsernameEnv)")
+        return _env(section["UsernameEnv"], f"{key}.UsernameEnv", environ)
+    username = section.get("Username", "")
+    if not isinstance(username, str) or not username:
+        raise XnatConfigError(f"{key}.Username is required (or UsernameEnv)")
+    return username
 
+
+def _password(section: Mapping[str, Any], key: str, environ: Mapping[str, str]) -> Secret:
+    """The password, from exactly one of ``PasswordEnv`` and ``PasswordFile``."""
     if ("PasswordEnv" in section) == ("PasswordFile" in section):
         raise XnatConfigError(f"{key}: give exactly one of PasswordFile or PasswordEnv")
     if "PasswordEnv" in section:
-        password = Secret(_env(section["PasswordEnv"], f"{key}.PasswordEnv", env))
-    else:
-        password = _secret_file(section["PasswordFile"], f"{key}.PasswordFile")
+        return Secret(_env(section["PasswordEnv"], f"{key}.PasswordEnv", environ))
+    return _secret_file(section["PasswordFile"], f"{key}.PasswordFile")
 
+
+def _verify(section: Mapping[str, Any], key: str) -> bool | Path:
+    """TLS verification: ``Verify`` (default true), or the ``CaBundle`` file to verify against."""
     verify: bool | Path = _bool(section, "Verify", True, key)
     if "CaBundle" in section:
         bundle = section["CaBundle"]
@@ -288,7 +282,20 @@ def parse_destination(
         if verify is False:
             raise XnatConfigError(f"{key}: CaBundle is given but Verify is false")
         verify = Path(bundle)
+    return verify
 
+
+def parse_destination(
+    alias: str, section: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, prefix: str = SECTION
+) -> Destination:
+    """One destination from its configuration object; see the module docstring for the keys."""
+    env = os.environ if environ is None else environ
+    key = f"{prefix}.{alias}"
+    _check_keys(alias, section, key)
+    url = _check_url(section.get("Url"), f"{key}.Url")
+    username = _username(section, key, env)
+    password = _password(section, key, env)
+    verify = _verify(section, key)
     connect_timeout = _number(section, "ConnectTimeout", 10.0, 0.1, key)
     read_timeout = _number(section, "ReadTimeout", 120.0, 0.1, key)
     backoff = _number(section, "BackoffSeconds", 1.0, 0.0, key)

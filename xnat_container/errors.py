@@ -8,6 +8,8 @@ token secrets or alias tokens.
 
 from __future__ import annotations
 
+from converters.errors import BidsBridgeError
+
 __all__ = [
     "XnatAuthError",
     "XnatConfigError",
@@ -20,7 +22,7 @@ __all__ = [
 ]
 
 
-class XnatError(Exception):
+class XnatError(BidsBridgeError):
     """Base class of every XNAT delivery error."""
 
     #: True when trying again later may succeed.

@@ -33,10 +33,12 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from converters.bids.publish import SeriesManifest, read_manifests
+from converters.bids.manifests import SeriesManifest, read_manifests
+from converters.derived import SEGMENTATION_SOP_CLASSES
 from converters.errors import DatasetError
 from xnat_container.destinations import DEFAULT_SESSION_LABEL, DEFAULT_SUBJECT_LABEL
 from xnat_container.errors import XnatLabelError, XnatRequestError
+from xnat_container.labels import sanitize_xnat_label
 
 __all__ = [
     "DERIVED_RESOURCE",
@@ -69,15 +71,7 @@ _SCAN_TYPES = {
     "SR": "xnat:srScanData",
 }
 _OTHER_SCAN = "xnat:otherDicomScanData"
-_SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 
-
-def sanitize_xnat_label(value: str, what: str = "label") -> str:
-    """``value`` with every run of characters XNAT refuses in labels replaced by ``_``."""
-    label = re.sub(r"[^A-Za-z0-9_-]+", "_", value).strip("_")
-    if not re.search(r"[A-Za-z0-9]", label):
-        raise XnatLabelError(f"the XNAT {what} {value!r} has no letters or digits")
-    return label
 
 
 def render_label(template: str, subject: str, session: str | None, what: str = "label") -> str:
@@ -101,7 +95,7 @@ def session_xsi_type(modalities: Sequence[str]) -> str:
 
 
 def scan_xsi_type(modality: str, sop_class_uid: str = "") -> str:
-    if sop_class_uid in _SEG_SOP_CLASSES:
+    if sop_class_uid in SEGMENTATION_SOP_CLASSES:
         return _SCAN_TYPES["SEG"]
     return _SCAN_TYPES.get(modality.upper(), _OTHER_SCAN)
 
@@ -261,6 +255,93 @@ def dataset_sessions(bids_root: Path) -> list[tuple[str, str | None]]:
     return sorted({(m.subject, m.session or None) for m in manifests.values() if m.outputs}, key=str)
 
 
+def _chosen_outputs(
+    root: Path,
+    manifests: Sequence[SeriesManifest],
+    series_outputs: Mapping[str, Sequence[str]] | None,
+    subject: str,
+    session: str | None,
+) -> dict[str, tuple[str, ...]]:
+    """The series to deliver -> their files: every series of the session, or those named (with files)."""
+    if series_outputs is None:
+        return {m.series_uid: tuple(m.outputs) for m in manifests}
+    known = {m.series_uid for m in manifests}
+    unknown = sorted(uid for uid, outputs in series_outputs.items() if outputs and uid not in known)
+    if unknown:
+        raise XnatRequestError(
+            f"series {unknown[0]} has outputs but no manifest for sub-{subject} ses-{session} in {root}"
+        )
+    return {uid: tuple(outputs) for uid, outputs in series_outputs.items() if outputs}
+
+
+def _series_scan(root: Path, manifest: SeriesManifest, outputs: Sequence[str], scan_id: str) -> ScanPlan:
+    """The scan of one converted series: its files in ``NIFTI``, its JSON sidecars also in ``BIDS``."""
+    missing = [name for name in outputs if not (root / name).is_file()]
+    if missing:
+        raise XnatRequestError(f"{root / missing[0]} is listed as an output but does not exist; re-convert")
+    sidecar = _sidecar(root, outputs)
+    modality = str(sidecar.get("Modality") or "MR")
+    description = manifest.series_description or str(sidecar.get("SeriesDescription") or "")
+    nifti = tuple(UploadFile(root / name, Path(name).name) for name in sorted(outputs))
+    sidecars = tuple(f for f in nifti if f.remote.endswith(".json"))
+    resources = [ResourcePlan(NIFTI_RESOURCE, "NIFTI", nifti)]
+    if sidecars:
+        resources.append(ResourcePlan(SIDECAR_RESOURCE, "BIDS", sidecars))
+    return ScanPlan(
+        scan_id=scan_id,
+        xsi_type=scan_xsi_type(modality),
+        type=description,
+        series_description=description,
+        series_uid=manifest.series_uid,
+        modality=modality,
+        resources=tuple(resources),
+    )
+
+
+def _derived_scan(item: _Derived, scan_id: str) -> ScanPlan:
+    """The scan of one derived DICOM object (SEG, Parametric Map, SR), its files in ``DICOM``."""
+    return ScanPlan(
+        scan_id=scan_id,
+        xsi_type=scan_xsi_type(item.modality, item.sop_class_uid),
+        type=item.description or item.modality,
+        series_description=item.description,
+        series_uid=item.series_uid,
+        modality=item.modality,
+        resources=(_derived_resource(item),),
+    )
+
+
+def _session_resources(
+    root: Path, folder: Path, outputs: Sequence[str], *, whole_session: bool
+) -> tuple[ResourcePlan, ...]:
+    """The session resource ``BIDS`` (none when empty), by path from the dataset root.
+
+    It holds the delivered series' files; with the whole session, every (non-hidden) file of its
+    folder, else the session's ``*_scans.tsv``; and ``dataset_description.json``.
+    """
+    session_files: dict[str, Path] = {name: root / name for name in outputs}
+    if whole_session and folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(root)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+                session_files[relative.as_posix()] = path
+    elif session_files:
+        for path in sorted(folder.glob("*_scans.tsv")):
+            session_files[path.relative_to(root).as_posix()] = path
+    dataset_description = root / "dataset_description.json"
+    if session_files and dataset_description.is_file():
+        session_files["dataset_description.json"] = dataset_description
+    if not session_files:
+        return ()
+    files = tuple(UploadFile(p, n) for n, p in sorted(session_files.items()))
+    return (ResourcePlan(SESSION_RESOURCE, "BIDS", files),)
+
+
+def _label(explicit: str | None, template: str, subject: str, session: str | None, what: str) -> str:
+    """An explicit XNAT label (sanitized), else ``template`` filled for this session."""
+    return sanitize_xnat_label(explicit, what) if explicit else render_label(template, subject, session, what)
+
+
 def plan_session(
     project: str,
     bids_root: Path,
@@ -287,95 +368,27 @@ def plan_session(
     derived_items = _read_derived(derived)
     ids = _assign_ids([(m.series_number, m.series_uid) for m in manifests], set())
     derived_ids = _assign_ids([(d.series_number, d.series_uid) for d in derived_items], set(ids.values()))
+    chosen = _chosen_outputs(root, manifests, series_outputs, subject, session)
+    delivered = [m for m in manifests if m.series_uid in chosen]
 
-    if series_outputs is None:
-        chosen = {m.series_uid: tuple(m.outputs) for m in manifests}
-    else:
-        known = {m.series_uid for m in manifests}
-        unknown = sorted(uid for uid, outputs in series_outputs.items() if outputs and uid not in known)
-        if unknown:
-            raise XnatRequestError(
-                f"series {unknown[0]} has outputs but no manifest for sub-{subject} ses-{session} in {root}"
-            )
-        chosen = {uid: tuple(outputs) for uid, outputs in series_outputs.items() if outputs}
-
-    scans: list[ScanPlan] = []
-    modalities: list[str] = []
-    session_files: dict[str, Path] = {}
-    for manifest in manifests:
-        outputs = chosen.get(manifest.series_uid)
-        if outputs is None:
-            continue
-        missing = [name for name in outputs if not (root / name).is_file()]
-        if missing:
-            raise XnatRequestError(f"{root / missing[0]} is listed as an output but does not exist; re-convert")
-        sidecar = _sidecar(root, outputs)
-        modality = str(sidecar.get("Modality") or "MR")
-        modalities.append(modality)
-        description = manifest.series_description or str(sidecar.get("SeriesDescription") or "")
-        nifti = tuple(UploadFile(root / name, Path(name).name) for name in sorted(outputs))
-        sidecars = tuple(f for f in nifti if f.remote.endswith(".json"))
-        resources = [ResourcePlan(NIFTI_RESOURCE, "NIFTI", nifti)]
-        if sidecars:
-            resources.append(ResourcePlan(SIDECAR_RESOURCE, "BIDS", sidecars))
-        scans.append(
-            ScanPlan(
-                scan_id=ids[manifest.series_uid],
-                xsi_type=scan_xsi_type(modality),
-                type=description,
-                series_description=description,
-                series_uid=manifest.series_uid,
-                modality=modality,
-                resources=tuple(resources),
-            )
-        )
-        for name in outputs:
-            session_files[name] = root / name
-
-    for item in derived_items:
-        scans.append(
-            ScanPlan(
-                scan_id=derived_ids[item.series_uid],
-                xsi_type=scan_xsi_type(item.modality, item.sop_class_uid),
-                type=item.description or item.modality,
-                series_description=item.description,
-                series_uid=item.series_uid,
-                modality=item.modality,
-                resources=(_derived_resource(item),),
-            )
-        )
-
-    folder = root / _session_folder(subject, session)
-    if series_outputs is None and folder.is_dir():
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(root)
-            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-                session_files[relative.as_posix()] = path
-    elif session_files:
-        scans_tsv = sorted(folder.glob("*_scans.tsv"))
-        for path in scans_tsv:
-            session_files[path.relative_to(root).as_posix()] = path
-    dataset_description = root / "dataset_description.json"
-    if session_files and dataset_description.is_file():
-        session_files["dataset_description.json"] = dataset_description
-    session_resources = (
-        (ResourcePlan(SESSION_RESOURCE, "BIDS", tuple(UploadFile(p, n) for n, p in sorted(session_files.items()))),)
-        if session_files
-        else ()
+    scans = [_series_scan(root, m, chosen[m.series_uid], ids[m.series_uid]) for m in delivered]
+    modalities = [scan.modality for scan in scans]
+    scans += [_derived_scan(item, derived_ids[item.series_uid]) for item in derived_items]
+    session_resources = _session_resources(
+        root,
+        root / _session_folder(subject, session),
+        [name for m in delivered for name in chosen[m.series_uid]],
+        whole_session=series_outputs is None,
     )
     if not scans and not session_resources:
         raise XnatRequestError(f"nothing to deliver: no converted series of sub-{subject} ses-{session} in {root}")
-    date, clock = _date_time([m for m in manifests if m.series_uid in chosen] or manifests)
+    date, clock = _date_time(delivered or manifests)
     return SessionPlan(
         project=project,
         subject=subject,
         session=session,
-        subject_label=sanitize_xnat_label(subject_label, "subject label")
-        if subject_label
-        else render_label(subject_template, subject, session, "subject label"),
-        session_label=sanitize_xnat_label(session_label, "session label")
-        if session_label
-        else render_label(session_template, subject, session, "session label"),
+        subject_label=_label(subject_label, subject_template, subject, session, "subject label"),
+        session_label=_label(session_label, session_template, subject, session, "session label"),
         xsi_type=session_xsi_type(modalities or [d.modality for d in derived_items]),
         date=date,
         time=clock,

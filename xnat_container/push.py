@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converters.jsonform import to_json
 from xnat_container.client import RemoteFile, XnatClient, file_md5, quote_path
 from xnat_container.destinations import Destination
 from xnat_container.errors import XnatRequestError, XnatVerificationError
@@ -62,23 +63,7 @@ class PushReport:
     extra_remote_files: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "destination": self.destination,
-            "url": self.url,
-            "project": self.project,
-            "subject_label": self.subject_label,
-            "session_label": self.session_label,
-            "experiment_id": self.experiment_id,
-            "scans": list(self.scans),
-            "files_uploaded": self.files_uploaded,
-            "files_verified": self.files_verified,
-            "files_skipped_identical": self.files_skipped_identical,
-            "bytes_uploaded": self.bytes_uploaded,
-            "duration_seconds": round(self.duration_seconds, 3),
-            "requests": self.requests,
-            "retries": self.retries,
-            "extra_remote_files": list(self.extra_remote_files),
-        }
+        return {**to_json(self), "duration_seconds": round(self.duration_seconds, 3)}
 
 
 @dataclass
