@@ -17,7 +17,7 @@ from typing import Any
 
 from converters.regroup import AcquisitionHints, acquisition_key, acquisition_uid, sources_digest
 
-from .rest_client import OrthancRestClient, SeriesNotFound
+from .rest_client import OrthancApi, SeriesNotFound
 
 __all__ = ["Acquisition", "Member", "find_acquisition", "hints_from_tags"]
 
@@ -102,7 +102,7 @@ def _number(value: Any) -> int | None:
 
 
 def find_acquisition(
-    client: OrthancRestClient, series_id: str, tags: Mapping[str, Any], study_id: str
+    client: OrthancApi, series_id: str, tags: Mapping[str, Any], study_id: str
 ) -> Acquisition | None:
     """The acquisition the series ``series_id`` (first instance's ``tags``) is a part of, with
     every part in Orthanc's study ``study_id``; None when the series is no such part."""

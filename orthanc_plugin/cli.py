@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -84,28 +85,66 @@ def _wait_for_jobs(url: str, series_count: int, timeout: float) -> list[dict[str
     return jobs
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo_files(data: Path) -> tuple[list[Path], set[str]]:
+    """The DICOM files under ``data`` (other files are passed over) and their SeriesInstanceUIDs."""
     from pydicom import dcmread  # noqa: PLC0415
     from pydicom.errors import InvalidDicomError  # noqa: PLC0415
 
-    from .dicom_send import send_files  # noqa: PLC0415
-    from .embedded import ORTHANC_AET, OrthancSetupError, free_port  # noqa: PLC0415
-
-    files, series = [], set()
-    for path in sorted(p for p in args.data.rglob("*") if p.is_file()):
+    files: list[Path] = []
+    series: set[str] = set()
+    for path in sorted(p for p in data.rglob("*") if p.is_file()):
         try:
             series.add(str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID))
         except (InvalidDicomError, AttributeError, OSError):
             continue  # README, LICENSE, ...
         files.append(path)
+    return files, series
+
+
+def _use_free_ports(args: argparse.Namespace) -> None:
+    """Swap a busy ``--http-port`` or ``--dicom-port`` for a free one, so the demo starts anywhere."""
+    from .embedded import free_port  # noqa: PLC0415
+
     for attr in ("http_port", "dicom_port"):
         try:
-            import socket  # noqa: PLC0415
-
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", getattr(args, attr)))
         except OSError:
             setattr(args, attr, free_port())
+
+
+def _print_results(jobs: list[dict[str, Any]], series_count: int, started: float) -> dict[str, int]:
+    """Print one line per conversion and the totals; return how many jobs ended in each state."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job["state"]] = counts.get(job["state"], 0) + 1
+    print(f"\nConversions finished in {time.monotonic() - started:.1f} s:")
+    for job in sorted(jobs, key=lambda j: (j.get("result") or {}).get("series_number") or 0):
+        result = job.get("result") or {}
+        label = f"{result.get('series_number', '?')} {result.get('series_description', job['series'])}"
+        detail = ", ".join(job["outputs"][:2]) if job["state"] == "done" else (job.get("error") or "")
+        print(f"  {job['state']:8} {label:35} {detail}")
+    print(f"\nSeries converted: {counts.get('done', 0)} of {series_count}"
+          f" (skipped {counts.get('skipped', 0)}, failed {counts.get('failed', 0)})")
+    return counts
+
+
+def _run_until_interrupted(server: Any) -> None:
+    """Leave Orthanc running until it exits or Ctrl-C."""
+    print("Orthanc keeps running; Ctrl-C stops it.", flush=True)
+    try:
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .dicom_send import send_files  # noqa: PLC0415
+    from .embedded import ORTHANC_AET, OrthancSetupError  # noqa: PLC0415
+
+    files, series = _demo_files(args.data)
+    _use_free_ports(args)
     server = _embedded(args)
     print(f"Starting Orthanc with the bidsbridge plugin in {args.workdir.resolve()} ...", flush=True)
     try:
@@ -121,27 +160,12 @@ def _demo(args: argparse.Namespace) -> int:
         for path, why in report.failed:
             print(f"  not sent: {path}: {why}")
         jobs = _wait_for_jobs(server.url, len(series), args.timeout)
-        counts: dict[str, int] = {}
-        for job in jobs:
-            counts[job["state"]] = counts.get(job["state"], 0) + 1
-        print(f"\nConversions finished in {time.monotonic() - started:.1f} s:")
-        for job in sorted(jobs, key=lambda j: (j.get("result") or {}).get("series_number") or 0):
-            result = job.get("result") or {}
-            label = f"{result.get('series_number', '?')} {result.get('series_description', job['series'])}"
-            detail = ", ".join(job["outputs"][:2]) if job["state"] == "done" else (job.get("error") or "")
-            print(f"  {job['state']:8} {label:35} {detail}")
-        print(f"\nSeries converted: {counts.get('done', 0)} of {len(series)}"
-              f" (skipped {counts.get('skipped', 0)}, failed {counts.get('failed', 0)})")
+        counts = _print_results(jobs, len(series), started)
         print(f"BIDS dataset:     {server.bids_root}")
         print(f"Orthanc:          {server.url}   (jobs: {server.url}/bidsbridge/jobs)")
         keep = args.keep if args.keep is not None else sys.stdin.isatty()
         if keep:
-            print("Orthanc keeps running; Ctrl-C stops it.", flush=True)
-            try:
-                while server.process is not None and server.process.poll() is None:
-                    time.sleep(0.5)
-            except KeyboardInterrupt:
-                pass
+            _run_until_interrupted(server)
         ok = counts.get("failed", 0) == 0 and sum(counts.values()) == len(series)
         return 0 if ok else 1
     finally:

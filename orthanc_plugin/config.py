@@ -1,8 +1,8 @@
 """The ``BidsBridge`` section of Orthanc's configuration, read once into a typed object.
 
 Every key is validated at start-up; a bad value raises :class:`ConfigError` naming the key, and
-the plugin then refuses to start (Orthanc logs the message).  Only the standard library is used:
-this module runs inside Orthanc's embedded interpreter.
+the plugin then refuses to start (Orthanc logs the message).  Only the standard library and
+:mod:`converters.errors` are used: this module runs inside Orthanc's embedded interpreter.
 
 Keys (all optional unless stated):
 
@@ -42,6 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from converters.errors import BidsBridgeError
+from converters.settings import read_bool, read_int, read_number
+
 __all__ = ["ConfigError", "PluginConfig", "parse_config"]
 
 SECTION = "BidsBridge"
@@ -49,7 +52,7 @@ CatchUpMode = Literal["since-last-run", "all", "none"]
 _CATCH_UP_MODES: tuple[CatchUpMode, ...] = ("since-last-run", "all", "none")
 
 
-class ConfigError(ValueError):
+class ConfigError(BidsBridgeError, ValueError):
     """A ``BidsBridge`` configuration value is missing or invalid; the message names the key."""
 
 
@@ -103,24 +106,15 @@ def _key(name: str) -> str:
 
 
 def _bool(section: dict[str, Any], name: str, default: bool) -> bool:
-    value = section.get(name, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{_key(name)} must be true or false, not {value!r}")
-    return value
+    return read_bool(section, name, default, key=_key(name), error=ConfigError)
 
 
 def _int(section: dict[str, Any], name: str, default: int, minimum: int) -> int:
-    value = section.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{_key(name)} must be an integer >= {minimum}, not {value!r}")
-    return value
+    return read_int(section, name, default, minimum, key=_key(name), error=ConfigError)
 
 
 def _number(section: dict[str, Any], name: str, default: float, minimum: float) -> float:
-    value = section.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ConfigError(f"{_key(name)} must be a number >= {minimum}, not {value!r}")
-    return float(value)
+    return read_number(section, name, default, minimum, key=_key(name), error=ConfigError)
 
 
 def _optional_str(section: dict[str, Any], name: str) -> str | None:
@@ -175,8 +169,7 @@ def _check_destinations(destinations: dict[str, Any]) -> None:
         raise ConfigError(str(exc)) from exc
 
 
-def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
-    """Validate Orthanc's whole configuration (as JSON) and return the plugin's settings."""
+def _section(orthanc_config: dict[str, Any]) -> dict[str, Any]:
     section = orthanc_config.get(SECTION)
     if section is None:
         raise ConfigError(f"the {SECTION} section is missing from Orthanc's configuration")
@@ -187,13 +180,19 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         raise ConfigError(
             f"{_key(unknown[0])} is not a known setting (known: {', '.join(sorted(_KNOWN_KEYS))})"
         )
+    return section
 
+
+def _python(section: dict[str, Any]) -> Path:
     python = Path(section["Python"]) if "Python" in section else default_python()
     if "Python" in section and not (isinstance(section["Python"], str) and python.is_absolute()):
         raise ConfigError(f"{_key('Python')} must be an absolute path to a python interpreter")
     if not os.access(python, os.X_OK):
         raise ConfigError(f"{_key('Python')}: {python} is not an executable interpreter")
+    return python
 
+
+def _orthanc_url(section: dict[str, Any], orthanc_config: dict[str, Any]) -> str:
     orthanc_url = _optional_str(section, "OrthancUrl")
     if orthanc_url is None:
         port = orthanc_config.get("HttpPort", 8042)
@@ -201,19 +200,28 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         orthanc_url = f"{scheme}://127.0.0.1:{port}"
     if not orthanc_url.startswith(("http://", "https://")):
         raise ConfigError(f"{_key('OrthancUrl')} must start with http:// or https://")
+    return orthanc_url.rstrip("/")
 
+
+def _credentials(section: dict[str, Any]) -> tuple[str | None, Path | None]:
     password_file = _optional_str(section, "RestPasswordFile")
     username = _optional_str(section, "RestUsername")
     if (username is None) != (password_file is None):
         raise ConfigError(f"{_key('RestUsername')} and {_key('RestPasswordFile')} go together")
     if password_file is not None and not Path(password_file).is_file():
         raise ConfigError(f"{_key('RestPasswordFile')}: {password_file} is not a readable file")
+    return username, None if password_file is None else Path(password_file)
 
+
+def _catch_up(section: dict[str, Any]) -> CatchUpMode:
     catch_up = section.get("CatchUp", "since-last-run")
-    if catch_up not in _CATCH_UP_MODES:
-        raise ConfigError(f"{_key('CatchUp')} must be one of {', '.join(_CATCH_UP_MODES)}, not {catch_up!r}")
+    for mode in _CATCH_UP_MODES:
+        if catch_up == mode:
+            return mode
+    raise ConfigError(f"{_key('CatchUp')} must be one of {', '.join(_CATCH_UP_MODES)}, not {catch_up!r}")
 
-    bids_root = _directory(section, "BidsRoot")
+
+def _datasets(section: dict[str, Any], bids_root: Path) -> dict[str, Path]:
     datasets = {"default": bids_root}
     raw_datasets = section.get("Datasets", {})
     if not isinstance(raw_datasets, dict):
@@ -224,6 +232,10 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         if name == "default":
             raise ConfigError(f"{_key('Datasets')}.default is BidsRoot; do not redefine it")
         datasets[name] = _directory({f"Datasets.{name}": folder}, f"Datasets.{name}")
+    return datasets
+
+
+def _rules_and_destinations(section: dict[str, Any]) -> tuple[Path | None, dict[str, Any]]:
     rules = _optional_str(section, "Rules")
     if rules is not None and not (Path(rules).is_absolute() and Path(rules).is_file()):
         raise ConfigError(f"{_key('Rules')}: {rules} is not an existing file (absolute path)")
@@ -231,7 +243,19 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
     if not isinstance(destinations, dict):
         raise ConfigError(f"{_key('Destinations')} must be a JSON object of alias -> server settings")
     _check_destinations(destinations)
+    return None if rules is None else Path(rules), destinations
 
+
+def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
+    """Validate Orthanc's whole configuration (as JSON) and return the plugin's settings."""
+    section = _section(orthanc_config)
+    python = _python(section)
+    orthanc_url = _orthanc_url(section, orthanc_config)
+    username, password_file = _credentials(section)
+    catch_up = _catch_up(section)
+    bids_root = _directory(section, "BidsRoot")
+    datasets = _datasets(section, bids_root)
+    rules, destinations = _rules_and_destinations(section)
     return PluginConfig(
         enabled=_bool(section, "Enabled", True),
         bids_root=bids_root,
@@ -240,13 +264,13 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         max_attempts=_int(section, "MaxAttempts", 3, 1),
         job_timeout=_number(section, "JobTimeout", 1800.0, 1.0),
         python=python,
-        orthanc_url=orthanc_url.rstrip("/"),
+        orthanc_url=orthanc_url,
         rest_username=username,
-        rest_password_file=None if password_file is None else Path(password_file),
+        rest_password_file=password_file,
         catch_up=catch_up,
         subject=_optional_str(section, "Subject"),
         session=_optional_str(section, "Session"),
-        rules_path=None if rules is None else Path(rules),
+        rules_path=rules,
         datasets=datasets,
         destinations=destinations,
     )

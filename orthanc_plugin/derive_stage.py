@@ -14,42 +14,39 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pydicom
+from pydicom import uid
 
 from converters import series_outputs
-from converters.derived import read_parametric_map, read_segmentation
-from converters.derived.derivatives import DerivativeImage, publish_derivatives
+from converters.bids.derivatives import DerivativeImage, publish_derivatives
+from converters.derived import SEGMENTATION_SOP_CLASSES, read_parametric_map, read_segmentation
 from converters.derived.derive import derive_adc, derive_seg
+from converters.derived.errors import DerivedInputError
 from converters.derived.nifti import write_nifti_labels, write_nifti_map
+from converters.errors import BidsBridgeError
 
-from .rest_client import OrthancRestClient
-from .worker_settings import KNOWN_DERIVATIONS
+from .derivations import DerivationName
+from .jobs import StageOutcome
+from .rest_client import OrthancApi
 
-__all__ = ["DERIVATIONS", "SourceNotReady", "StageOutcome", "derive", "reverse_convert", "segment", "sop_class_of"]
+__all__ = [
+    "FOREIGN_DERIVED_CLASSES",
+    "OUR_MANUFACTURER",
+    "SourceNotReady",
+    "derive",
+    "reverse_convert",
+    "segment",
+    "sop_class_of",
+]
 
 logger = logging.getLogger(__name__)
 
-DERIVATIONS = KNOWN_DERIVATIONS
-SEGMENTATION_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
-PARAMETRIC_MAP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
+#: SOP classes of derived objects another tool may send (converted into the derivatives).
+FOREIGN_DERIVED_CLASSES = SEGMENTATION_SOP_CLASSES | {uid.ParametricMapStorage}
+#: The Manufacturer bidsbridge writes into its own objects (not converted back).
 OUR_MANUFACTURER = "bidsbridge"
-
-
-@dataclass(frozen=True)
-class StageOutcome:
-    #: Files written into the BIDS dataset (relative to its root).
-    outputs: tuple[str, ...] = ()
-    #: Orthanc instance ids of the DICOM objects stored.
-    orthanc_instances: tuple[str, ...] = ()
-    notes: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"outputs": list(self.outputs), "orthanc_instances": list(self.orthanc_instances),
-                "notes": list(self.notes)}
 
 
 def sop_class_of(files: list[Path]) -> tuple[str, str, str]:
@@ -58,7 +55,7 @@ def sop_class_of(files: list[Path]) -> tuple[str, str, str]:
     return str(ds.get("SOPClassUID", "")), str(ds.get("Manufacturer", "")), str(ds.get("SeriesInstanceUID", ""))
 
 
-def _store(client: OrthancRestClient, paths: list[Path]) -> tuple[str, ...]:
+def _store(client: OrthancApi, paths: list[Path]) -> tuple[str, ...]:
     return tuple(client.post_instance(path.read_bytes()) for path in sorted(paths) if path.suffix == ".dcm")
 
 
@@ -69,10 +66,10 @@ def _fallback(dicom_dir: Path) -> tuple[str, str | None, str]:
             f"series{ds.get('SeriesNumber') or ''}")
 
 
-def derive(name: str, dicom_dir: Path, bids_root: Path, series_uid: str, client: OrthancRestClient) -> StageOutcome:
-    """Run one derivation on a downloaded series; raises the library's typed errors."""
-    if name != "adc":
-        raise ValueError(f"unknown derivation {name!r} (known: {', '.join(DERIVATIONS)})")
+def derive(name: DerivationName, dicom_dir: Path, bids_root: Path, series_uid: str,
+           client: OrthancApi) -> StageOutcome:
+    """Run one derivation on a downloaded series; raises the library's typed errors (not
+    retryable: the derivation does not apply to this series)."""
     with tempfile.TemporaryDirectory(prefix="adc-", dir=bids_root.parent if bids_root.parent.exists() else None) as tmp:
         written = derive_adc(dicom_dir, Path(tmp))
         by_suffix = {path.name.rsplit("_", 1)[-1]: path for path in written}
@@ -92,10 +89,16 @@ def derive(name: str, dicom_dir: Path, bids_root: Path, series_uid: str, client:
 
 
 def segment(labelmap: Path, labels: Path | None, dicom_dir: Path, bids_root: Path, *, series_uid: str,
-            client: OrthancRestClient, segmentation_type: str = "BINARY", desc: str = "user") -> StageOutcome:
+            client: OrthancApi, segmentation_type: str = "BINARY", desc: str = "user") -> StageOutcome:
     """Encode a user's NIfTI label map of the series as a SEG, store it and file the label map."""
     with tempfile.TemporaryDirectory(prefix="seg-") as tmp:
-        seg_path = derive_seg(labelmap, dicom_dir, Path(tmp), labels, segmentation_type=segmentation_type)
+        try:
+            seg_path = derive_seg(labelmap, dicom_dir, Path(tmp), labels, segmentation_type=segmentation_type)
+        except ValueError as exc:
+            if isinstance(exc, BidsBridgeError):
+                raise
+            # the SEG encoder's own refusal of this label map (not retryable, like the library's)
+            raise DerivedInputError(f"the label map cannot be encoded as a SEG of this series: {exc}") from exc
         instances = _store(client, [seg_path])
         back = read_segmentation(seg_path)
         nifti, tsv = write_nifti_labels(back, Path(tmp) / "labels.nii.gz")
@@ -107,8 +110,10 @@ def segment(labelmap: Path, labels: Path | None, dicom_dir: Path, bids_root: Pat
     return StageOutcome(tuple(outputs), instances)
 
 
-class SourceNotReady(RuntimeError):
+class SourceNotReady(BidsBridgeError, RuntimeError):
     """The series a SEG/PM refers to is not in the BIDS dataset (yet): retry later."""
+
+    retryable = True
 
 
 def reverse_convert(files: list[Path], bids_root: Path, *, wait_for_source: bool = True) -> StageOutcome | None:
@@ -119,7 +124,7 @@ def reverse_convert(files: list[Path], bids_root: Path, *, wait_for_source: bool
     with ``wait_for_source=False`` (the last attempt) a name is made from the object's own headers.
     """
     sop_class, manufacturer, _ = sop_class_of(files)
-    if sop_class not in SEGMENTATION_CLASSES and sop_class != PARAMETRIC_MAP_CLASS:
+    if sop_class not in FOREIGN_DERIVED_CLASSES:
         return None
     if manufacturer == OUR_MANUFACTURER:
         return StageOutcome(notes=("made by bidsbridge: its NIfTI is already in the derivatives",))
@@ -135,7 +140,7 @@ def reverse_convert(files: list[Path], bids_root: Path, *, wait_for_source: bool
             fallback = (str(ds.get("PatientID") or "unknown"), str(ds.get("StudyDate") or "") or None,
                         f"series{ds.get('SeriesNumber') or ''}")
             label = f"{ds.get('SeriesNumber') or ''}{index if len(files) > 1 else ''}"
-            if sop_class in SEGMENTATION_CLASSES:
+            if sop_class in SEGMENTATION_SOP_CLASSES:
                 nifti, tsv = write_nifti_labels(read_segmentation(ds), Path(tmp) / f"{index}.nii.gz")
                 image = DerivativeImage(nifti, "dseg", desc=f"seg{label}", table=tsv,
                                         sidecar={"Description": str(ds.get("SeriesDescription", "Segmentation"))})

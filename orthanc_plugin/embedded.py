@@ -20,6 +20,8 @@ from typing import Any
 
 import requests
 
+from converters.errors import BidsBridgeError
+
 __all__ = [
     "ACCEPTED_CALLING_AETS",
     "EmbeddedOrthanc",
@@ -35,7 +37,7 @@ ORTHANC_AET = "BIDSBRIDGE_PACS"
 ENTRY_SCRIPT = Path(__file__).resolve().parent / "orthanc_entry.py"
 
 
-class OrthancSetupError(RuntimeError):
+class OrthancSetupError(BidsBridgeError, RuntimeError):
     """Orthanc or its Python plugin is missing, or Orthanc did not start."""
 
 

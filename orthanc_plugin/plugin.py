@@ -23,10 +23,10 @@ from typing import Any
 import orthanc
 
 from .config import ConfigError, PluginConfig, parse_config
-from .job_queue import JobQueue
+from .jobs import ConvertJob
 from .routes import Response, Routes
-from .routing_stage import publish_snapshot
-from .rules import CheckContext, RulesError, RulesHolder
+from .rules import SNAPSHOT_NAME, CheckContext, RulesError, RulesHolder
+from .sqlite_queue import SqliteJobQueue
 from .supervisor import Supervisor
 from .worker_settings import WorkerSettings
 
@@ -81,8 +81,11 @@ class BidsBridgePlugin:
         self.config = config
         context = _rules_context(orthanc_config or {})
         # Checked now: a rules file that fails its checks stops Orthanc's start-up with the message.
-        self.rules = RulesHolder(config.rules_path, context=CheckContext.from_orthanc_config(context))
-        self.queue = JobQueue(config.state_dir, max_attempts=config.max_attempts)
+        # ... and every accepted version is handed to the workers at once (the snapshot they read).
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.rules = RulesHolder(config.rules_path, context=CheckContext.from_orthanc_config(context),
+                                 snapshot=config.state_dir / SNAPSHOT_NAME)
+        self.queue = SqliteJobQueue(config.state_dir, max_attempts=config.max_attempts)
         authorization = None
         if config.rest_username is None and hasattr(orthanc, "GenerateRestApiAuthorizationToken"):
             authorization = orthanc.GenerateRestApiAuthorizationToken()
@@ -119,7 +122,7 @@ class BidsBridgePlugin:
         """Orthanc change callback. Never raises."""
         try:
             if change_type == orthanc.ChangeType.STABLE_SERIES:
-                job_id = self.queue.enqueue(resource_id, "stable")
+                job_id = self.queue.enqueue(resource_id, "stable", ConvertJob())
                 logger.info("series %s is stable: job %d queued", resource_id, job_id)
             elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
                 self.start()
@@ -135,21 +138,10 @@ class BidsBridgePlugin:
         resumed = self.queue.requeue_worker(None, "Orthanc restarted during the job", count_attempt=False)
         if resumed:
             logger.warning("resuming %d job(s) left running when Orthanc stopped: %s", len(resumed), resumed)
-        self._published = publish_snapshot(self.rules, self.config.state_dir, None)  # before the workers
         self.supervisor.start()
         self.rules.start()
-        threading.Thread(target=self._publish_rules, name="bidsbridge-rules", daemon=True).start()
         threading.Thread(target=self._catch_up, name="bidsbridge-catch-up", daemon=True).start()
         logger.warning("started %d worker(s); BIDS dataset at %s", self.config.workers, self.config.bids_root)
-
-    def _publish_rules(self) -> None:
-        """Hand every rules edit the holder accepted to the workers (a snapshot in the state dir)."""
-        while self._started:
-            try:
-                self._published = publish_snapshot(self.rules, self.config.state_dir, self._published)
-            except OSError:
-                logger.exception("cannot publish the accepted rules to the workers")
-            time.sleep(1.0)
 
     def stop(self) -> None:
         if not self._started:
@@ -177,7 +169,7 @@ class BidsBridgePlugin:
                 page = _rest_get_json(f"/changes?since={since}&limit=1000")
                 for change in page["Changes"]:
                     if change["ChangeType"] == "StableSeries" and self._missed(change):
-                        self.queue.enqueue(change["ID"], "catch-up")
+                        self.queue.enqueue(change["ID"], "catch-up", ConvertJob())
                         queued += 1
                 since = int(page["Last"])
                 self.queue.set_meta(CURSOR_KEY, str(since))

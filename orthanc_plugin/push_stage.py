@@ -12,47 +12,40 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from xnat_container import XnatError, parse_destinations, push_session
+from xnat_container import XnatConfigError, XnatError, parse_destinations, push_session
+from xnat_container.push import PushReport
 
-from .rest_client import OrthancRestClient
+from .jobs import PushJob
+from .rest_client import OrthancApi
 
-__all__ = ["PushFailed", "push"]
+__all__ = ["push"]
 
 logger = logging.getLogger(__name__)
 
 
-class PushFailed(Exception):
-    """A push that failed; ``retryable`` tells the queue whether to try again."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-def push(params: dict[str, Any], destinations: dict[str, Any] | None, client: OrthancRestClient) -> dict[str, Any]:
-    """Carry out one ``push`` job; return its report (no secrets)."""
+def push(job: PushJob, destinations: Mapping[str, Any] | None, client: OrthancApi) -> PushReport:
+    """Carry out one ``push`` job; return its report (no secrets). Raises :class:`XnatError`
+    (retryable or not, see :mod:`xnat_container.errors`) or an Orthanc error."""
     try:
-        known = parse_destinations(destinations or {})
-    except (ValueError, XnatError) as exc:
-        raise PushFailed(f"BidsBridge.Destinations: {exc}", retryable=False) from exc
-    alias = params["server"]
-    if alias not in known:
-        raise PushFailed(f"no XNAT destination {alias!r} in BidsBridge.Destinations", retryable=False)
+        known = parse_destinations(dict(destinations or {}))
+    except ValueError as exc:
+        raise XnatConfigError(f"BidsBridge.Destinations: {exc}") from exc
+    except XnatError as exc:
+        raise XnatConfigError(f"BidsBridge.Destinations: {exc}") from exc
+    if job.server not in known:
+        raise XnatConfigError(f"no XNAT destination {job.server!r} in BidsBridge.Destinations")
     with tempfile.TemporaryDirectory(prefix="push-") as tmp:
         derived = []
-        for index, instance in enumerate(params.get("derived_instances", [])):
+        for index, instance in enumerate(job.derived_instances):
             path = Path(tmp) / f"derived-{index}.dcm"
             path.write_bytes(client.get_bytes(f"/instances/{instance}/file"))
             derived.append(path)
-        try:
-            report = push_session(
-                known[alias], params["project"], Path(params["dataset_root"]), params["bids_subject"],
-                params.get("bids_session"), series_outputs={params["series_uid"]: params["outputs"]},
-                derived=derived, subject_label=params.get("subject"), session_label=params.get("session"),
-            )
-        except XnatError as exc:
-            raise PushFailed(f"{exc.__class__.__name__}: {exc}", retryable=exc.retryable) from exc
-    return report.to_dict()
+        return push_session(
+            known[job.server], job.project, Path(job.dataset_root), job.bids_subject, job.bids_session,
+            series_outputs={job.series_uid: job.outputs}, derived=derived,
+            subject_label=job.subject or None, session_label=job.session or None,
+        )

@@ -9,21 +9,45 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
-__all__ = ["OrthancError", "OrthancRestClient", "SeriesNotFound"]
+from converters.errors import BidsBridgeError
+
+__all__ = ["OrthancApi", "OrthancError", "OrthancRestClient", "SeriesNotFound"]
 
 logger = logging.getLogger(__name__)
 
 
-class OrthancError(RuntimeError):
-    """Orthanc answered with an error or could not be reached."""
+class OrthancError(BidsBridgeError, RuntimeError):
+    """Orthanc answered with an error or could not be reached: retried later."""
+
+    retryable = True
 
 
 class SeriesNotFound(OrthancError):
-    """The series no longer exists in Orthanc (deleted since it was queued)."""
+    """The series no longer exists in Orthanc (deleted since it was queued): nothing to retry."""
+
+    retryable = False
+
+
+class OrthancApi(Protocol):
+    """The calls the worker stages make of Orthanc's REST API (what a test's fake provides).
+    JSON answers are Orthanc's own documents (``/series/{id}``, ``/instances/{id}/simplified-tags``,
+    ``/jobs/{id}``, ...); every failure is an :class:`OrthancError`."""
+
+    def get_json(self, path: str) -> Any: ...
+
+    def get_bytes(self, path: str) -> bytes: ...
+
+    def post_json(self, path: str, body: Any) -> Any: ...
+
+    def post_instance(self, data: bytes) -> str: ...
+
+    def series_instances(self, series_id: str) -> list[str]: ...
+
+    def download_series(self, series_id: str, target: Path, *, threads: int = 4) -> list[Path]: ...
 
 
 class OrthancRestClient:

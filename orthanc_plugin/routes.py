@@ -43,8 +43,9 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
+from .derivations import DERIVATION_NAMES
 from .job_queue import JobQueue
-from .worker_settings import KNOWN_DERIVATIONS
+from .jobs import JOB_STATES, TERMINAL_STATES, ConvertJob, JobState, SegmentationType, SegmentJob
 
 __all__ = ["Response", "Routes"]
 
@@ -92,10 +93,11 @@ class Routes:
         except ValueError:
             return Response.error(400, "limit and offset must be integers")
         state = get.get("state")
-        if state is not None and state not in ("queued", "running", "done", "skipped", "failed"):
+        known: dict[str, JobState] = {name: name for name in JOB_STATES}
+        if state is not None and state not in known:
             return Response.error(400, f"unknown state {state!r}")
-        jobs = self.queue.list(state=state, series=get.get("series"), limit=max(1, min(limit, 10000)),
-                               offset=max(0, offset))
+        jobs = self.queue.list(state=None if state is None else known[state], series=get.get("series"),
+                               limit=max(1, min(limit, 10000)), offset=max(0, offset))
         return Response.json([job.to_dict() for job in jobs])
 
     def job(self, method: str, job_id: str, action: str | None) -> Response:
@@ -112,7 +114,7 @@ class Routes:
             job = self.queue.get(int(job_id))
             if job is None:
                 return Response.error(404, f"no job {job_id}")
-            if job.state not in ("done", "skipped", "failed"):
+            if job.state not in TERMINAL_STATES:
                 return Response.error(409, f"job {job_id} is {job.state}; only finished jobs can be retried")
             retried = self.queue.retry(int(job_id))
             return Response.json(retried.to_dict() if retried else None, 202)
@@ -120,46 +122,51 @@ class Routes:
 
     def series(self, method: str, series_id: str, action: str, *, body: bytes = b"",
                content_type: str = "", get: Mapping[str, str] | None = None) -> Response:
-        if action == "segmentations":
-            if method != "POST":
-                return Response(405, b"", allow="POST")
-            if not self.series_exists(series_id):
-                return Response.error(404, f"Orthanc has no series {series_id}")
-            return self._segmentation(series_id, body, content_type, get or {})
-        if action == "convert":
-            if method != "POST":
-                return Response(405, b"", allow="POST")
-            if not self.series_exists(series_id):
-                return Response.error(404, f"Orthanc has no series {series_id}")
-            params: dict[str, Any] = {}
-            if body.strip():
-                try:
-                    request = json.loads(body)
-                except ValueError:
-                    return Response.error(400, 'body must be JSON, e.g. {"derive": ["adc"]}')
-                derive = request.get("derive", []) if isinstance(request, dict) else None
-                if not isinstance(derive, list) or not all(d in KNOWN_DERIVATIONS for d in derive):
-                    return Response.error(400, f"derive must be a list of {', '.join(KNOWN_DERIVATIONS)}")
-                if derive:
-                    params["derive"] = derive
-            job_id = self.queue.enqueue(series_id, "manual", params=params)
-            job = self.queue.get(job_id)
-            return Response.json(job.to_dict() if job else {"id": job_id}, 202)
-        if action == "nifti":
-            if method != "GET":
-                return Response(405, b"", allow="GET")
-            job = self.queue.latest_for_series(series_id)
-            if job is None:
-                return Response.error(404, f"series {series_id} has no finished conversion")
-            root = Path((job.result or {}).get("dataset_root") or self.bids_root)
-            # A part of an acquisition spread over several series is filed under the acquisition.
-            filed_as = (job.result or {}).get("acquisition") or (job.result or {}).get("series_uid", "")
-            outputs = _current_outputs(root, str(filed_as)) or list(job.outputs)
-            images = [p for p in outputs if not p.startswith("sourcedata/")]
-            if not images:
-                return Response.error(404, f"series {series_id} was converted to no NIfTI file")
-            return Response(200, self._zip(images, root), "application/zip")
-        return Response.error(404, f"unknown series action {action!r}")
+        # action: (the one method it answers, whether Orthanc must hold the series, the answer)
+        actions: dict[str, tuple[str, bool, Callable[[], Response]]] = {
+            "segmentations": ("POST", True, lambda: self._segmentation(series_id, body, content_type, get or {})),
+            "convert": ("POST", True, lambda: self._convert(series_id, body)),
+            "nifti": ("GET", False, lambda: self._nifti(series_id)),
+        }
+        if action not in actions:
+            return Response.error(404, f"unknown series action {action!r}")
+        allowed, must_exist, answer = actions[action]
+        if method != allowed:
+            return Response(405, b"", allow=allowed)
+        if must_exist and not self.series_exists(series_id):
+            return Response.error(404, f"Orthanc has no series {series_id}")
+        return answer()
+
+    def _convert(self, series_id: str, body: bytes) -> Response:
+        """Queue a manual conversion; the optional JSON body names derivations to add."""
+        asked: object = []
+        if body.strip():
+            try:
+                request = json.loads(body)
+            except ValueError:
+                return Response.error(400, 'body must be JSON, e.g. {"derive": ["adc"]}')
+            asked = request.get("derive", []) if isinstance(request, dict) else None
+        if not isinstance(asked, list) or not all(d in DERIVATION_NAMES for d in asked):
+            return Response.error(400, f"derive must be a list of {', '.join(DERIVATION_NAMES)}")
+        runs = tuple(sorted({DERIVATION_NAMES[name][0] for name in asked}))
+        job_id = self.queue.enqueue(series_id, "manual", ConvertJob(derive=runs))
+        job = self.queue.get(job_id)
+        return Response.json(job.to_dict() if job else {"id": job_id}, 202)
+
+    def _nifti(self, series_id: str) -> Response:
+        """A zip of the NIfTI files and sidecars of the series' latest finished conversion."""
+        job = self.queue.latest_for_series(series_id)
+        if job is None:
+            return Response.error(404, f"series {series_id} has no finished conversion")
+        result = job.convert_result()
+        root = Path(result.dataset_root or self.bids_root) if result is not None else self.bids_root
+        # A part of an acquisition spread over several series is filed under the acquisition.
+        filed_as = result.filed_as if result is not None else ""
+        outputs = _current_outputs(root, filed_as) or list(job.outputs)
+        images = [p for p in outputs if not p.startswith("sourcedata/")]
+        if not images:
+            return Response.error(404, f"series {series_id} was converted to no NIfTI file")
+        return Response(200, self._zip(images, root), "application/zip")
 
     def _segmentation(self, series_id: str, body: bytes, content_type: str, get: Mapping[str, str]) -> Response:
         if self.uploads_dir is None:
@@ -186,24 +193,27 @@ class Routes:
         problem = _nifti_problem(labelmap)
         if problem:
             return Response.error(400, f"labelmap: {problem}")
-        params: dict[str, Any] = {}
+        chosen: dict[str, str] = {}
         for key, allowed in (("segmentation_type", r"BINARY|LABELMAP"), ("desc", r"[A-Za-z0-9]{1,32}")):
             if key in parts:
                 value = parts[key].decode("utf-8", errors="replace").strip()
                 if not re.fullmatch(allowed, value):
                     return Response.error(400, f"{key} must match {allowed}, not {value[:40]!r}")
-                params[key] = value
+                chosen[key] = value
         folder = self.uploads_dir / uuid.uuid4().hex
         folder.mkdir(parents=True)
         suffix = ".nii.gz" if labelmap[:2] == b"\x1f\x8b" else ".nii"
         (folder / f"labelmap{suffix}").write_bytes(labelmap)
-        params["labelmap"] = str(folder / f"labelmap{suffix}")
+        labels: str | None = None
         if "labels" in parts:
             table = parts["labels"]
             name = "labels.json" if table.lstrip()[:1] in (b"{", b"[") else "labels.tsv"
             (folder / name).write_bytes(table)
-            params["labels"] = str(folder / name)
-        job_id = self.queue.enqueue(series_id, "manual", kind="segment", params=params)
+            labels = str(folder / name)
+        kind: SegmentationType = "LABELMAP" if chosen.get("segmentation_type") == "LABELMAP" else "BINARY"
+        params = SegmentJob(labelmap=str(folder / f"labelmap{suffix}"), labels=labels, segmentation_type=kind,
+                            desc=chosen.get("desc", "user"))
+        job_id = self.queue.enqueue(series_id, "manual", params)
         job = self.queue.get(job_id)
         return Response.json(job.to_dict() if job else {"id": job_id}, 202)
 
@@ -249,7 +259,7 @@ def _nifti_problem(data: bytes) -> str | None:
 def _current_outputs(dataset_root: Path, series_uid: str) -> list[str] | None:
     """The files the series owns *now* (a later repeat may have renamed them since its job ran).
 
-    Read from the converter's per-series manifest (``converters.bids.publish``:
+    Read from the converter's per-series manifest (``converters.bids.manifests``:
     ``.bidsbridge/series/<sha256 of the SeriesInstanceUID>.json``, key ``outputs``), directly,
     so that Orthanc's process does not import the conversion stack.
     """

@@ -2,30 +2,31 @@
 
 The decision is taken in the worker, at job time, from the series' facts as Orthanc has them
 (the first instance's tags and its reception metadata: calling AET, called AET, remote IP), with
-the rules the plugin accepted: the plugin checks every edit of the admin's file and publishes
-the accepted bytes as a snapshot in the state directory (:func:`publish_snapshot`); workers read
-only that snapshot (:class:`RulesSnapshot`), so a worker never runs rules the plugin refused,
-whenever it starts.  Forwards are sent as asynchronous Orthanc jobs and
+the rules the plugin accepted: the plugin's :class:`~orthanc_plugin.rules.RulesHolder` checks
+every edit of the admin's file and writes the accepted bytes as a snapshot in the state
+directory when it accepts them; workers read only that snapshot (:class:`RulesSnapshot`), so a
+worker never runs rules the plugin refused, whenever it starts.  Forwards are sent as asynchronous Orthanc jobs and
 followed to their end; a failed forward fails the attempt, so the durable queue retries it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .rest_client import OrthancError, OrthancRestClient
+from converters.errors import BidsBridgeError
+
+from .jobs import ForwardRecord
+from .rest_client import OrthancApi, OrthancError
 from .rules import (
+    SNAPSHOT_NAME,
     CheckContext,
     Decision,
     RulesError,
     RuleSet,
-    RulesHolder,
     SeriesFacts,
     evaluate,
     facts_from_orthanc,
@@ -33,7 +34,15 @@ from .rules import (
     parse_rules,
 )
 
-__all__ = ["ForwardError", "RulesSnapshot", "SeriesInfo", "decide", "fetch_series_info", "forward", "publish_snapshot"]
+__all__ = [
+    "ForwardError",
+    "RoutingError",
+    "RulesSnapshot",
+    "SeriesInfo",
+    "decide",
+    "fetch_series_info",
+    "forward",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,11 @@ FORWARD_TIMEOUT = 900.0
 
 class ForwardError(OrthancError):
     """An Orthanc store job to a modality or peer failed (retried by the queue)."""
+
+
+class RoutingError(BidsBridgeError, ValueError):
+    """The routing rules cannot be applied to a series (a template needs an attribute the series
+    lacks, ...). Retrying cannot help: fix the rules file or the data."""
 
 
 @dataclass(frozen=True)
@@ -53,28 +67,11 @@ class SeriesInfo:
     study_id: str = ""
 
 
-SNAPSHOT_NAME = "rules-active.yaml"
-
-
-def publish_snapshot(holder: RulesHolder, state_dir: Path, published: str | None) -> str | None:
-    """Write the plugin's active rules file bytes to the snapshot when they changed; return the digest."""
-    status = holder.status()
-    if holder.path is None or status.digest == published:
-        return published
-    data = holder.path.read_bytes()
-    if "sha256:" + hashlib.sha256(data).hexdigest() != status.digest:
-        return published  # edited again since it was loaded: the holder will reload, publish then
-    tmp = state_dir / f".{SNAPSHOT_NAME}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, state_dir / SNAPSHOT_NAME)
-    return status.digest
-
-
 class RulesSnapshot:
     """The worker's view of the accepted rules (re-read when the plugin publishes a new snapshot)."""
 
     def __init__(self, state_dir: Path, source: str | None, context: dict[str, Any] | None) -> None:
-        self.path = None if source is None else state_dir / SNAPSHOT_NAME
+        self.path = None if source is None else state_dir / SNAPSHOT_NAME  # written by the plugin's RulesHolder
         self.source = source or "(default rules)"
         self.context = CheckContext.from_orthanc_config(context or {})
         self._stamp: tuple[int, int] | None = None
@@ -94,7 +91,7 @@ class RulesSnapshot:
         return self._rules
 
 
-def fetch_series_info(client: OrthancRestClient, series_id: str) -> SeriesInfo:
+def fetch_series_info(client: OrthancApi, series_id: str) -> SeriesInfo:
     series = client.get_json(f"/series/{series_id}")
     instances = sorted(series["Instances"])
     if not instances:
@@ -110,7 +107,7 @@ def decide(rules: RulesSnapshot, info: SeriesInfo) -> Decision:
     return evaluate(rules.rules, info.facts)
 
 
-def forward(client: OrthancRestClient, series_id: str, kind: str, target: str) -> dict[str, Any]:
+def forward(client: OrthancApi, series_id: str, kind: str, target: str) -> ForwardRecord:
     """Send the series to an Orthanc modality or peer as an asynchronous job and wait for it."""
     route = "modalities" if kind == "modality" else "peers"
     answer = client.post_json(f"/{route}/{target}/store", {"Resources": [series_id], "Asynchronous": True})
@@ -119,7 +116,7 @@ def forward(client: OrthancRestClient, series_id: str, kind: str, target: str) -
     while time.monotonic() < deadline:
         job = client.get_json(f"/jobs/{job_id}")
         if job["State"] == "Success":
-            return {"kind": kind, "target": target, "orthanc_job": job_id, "state": "Success"}
+            return ForwardRecord(kind, target, job_id, "Success")
         if job["State"] == "Failure":
             raise ForwardError(f"forward of series {series_id} to {kind} {target} failed in Orthanc job {job_id}:"
                                f" {job.get('ErrorDescription') or job.get('ErrorCode')}")

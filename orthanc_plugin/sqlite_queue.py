@@ -1,22 +1,7 @@
-"""The durable job queue: one SQLite database (WAL mode) shared by the plugin and its workers.
+"""The durable job queue in one SQLite database (WAL mode) shared by the plugin and its workers:
+the implementation of :class:`~orthanc_plugin.job_queue.JobQueue` for one Orthanc.
 
-Job life cycle::
-
-    queued --claim--> running --finish--> done | skipped | failed
-       ^                 |
-       +---- retry ------+   (error with attempts left, worker died, Orthanc stopped)
-       +---- defer ------+   (waiting for something else, e.g. the rest of its acquisition;
-                              the attempt is not counted)
-
-Guarantees:
-
-* ``enqueue`` coalesces: a series has at most one *queued* job; a series that becomes stable
-  again while its job runs gets a new queued job, which runs after the current one.
-* ``claim`` never hands out two jobs of one series at once.
-* A job whose worker died (``kill -9``) is put back by :meth:`JobQueue.requeue_worker` and
-  retried while it has attempts left; after ``max_attempts`` it is failed with the reason.
-
-Standard library only: this module also runs inside Orthanc's interpreter.
+Standard library only (and the job records): this module also runs inside Orthanc's interpreter.
 """
 
 from __future__ import annotations
@@ -26,18 +11,15 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast
 
-__all__ = ["TERMINAL_STATES", "Job", "JobQueue", "JobState"]
+from .job_queue import DEFAULT_LEASE_SECONDS, MAX_BACKOFF_SECONDS
+from .jobs import Deferred, Job, JobKind, JobParams, JobState, Outcome, params_from_json, params_to_json
 
-JobState = Literal["queued", "running", "done", "skipped", "failed"]
-TERMINAL_STATES: frozenset[str] = frozenset({"done", "skipped", "failed"})
-#: Longest wait between two attempts of a job, seconds.
-MAX_BACKOFF = 300.0
+__all__ = ["SqliteJobQueue"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     params TEXT NOT NULL DEFAULT '{}',
     worker_pid INTEGER,
+    lease_until REAL,
     not_before REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
@@ -65,75 +48,31 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-@dataclass(frozen=True)
-class Job:
-    id: int
-    series: str
-    kind: str
-    trigger: str
-    state: JobState
-    attempts: int
-    max_attempts: int
-    error: str | None
-    outputs: tuple[str, ...]
-    result: dict[str, Any] | None
-    params: dict[str, Any]
-    worker_pid: int | None
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-
-    @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> Job:
-        return cls(
-            id=row["id"],
-            series=row["series"],
-            kind=row["kind"],
-            trigger=row["trigger"],
-            state=row["state"],
-            attempts=row["attempts"],
-            max_attempts=row["max_attempts"],
-            error=row["error"],
-            outputs=tuple(json.loads(row["outputs"])),
-            result=None if row["result"] is None else json.loads(row["result"]),
-            params=json.loads(row["params"]),
-            worker_pid=row["worker_pid"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "series": self.series,
-            "kind": self.kind,
-            "trigger": self.trigger,
-            "state": self.state,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "error": self.error,
-            "outputs": list(self.outputs),
-            "result": self.result,
-            "params": self.params,
-            "worker_pid": self.worker_pid,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-        }
+def _job(row: sqlite3.Row) -> Job:
+    kind = cast(JobKind, row["kind"])
+    return Job(
+        id=row["id"],
+        series=row["series"],
+        kind=kind,
+        trigger=row["trigger"],
+        state=cast(JobState, row["state"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        error=row["error"],
+        outputs=tuple(json.loads(row["outputs"])),
+        result=None if row["result"] is None else json.loads(row["result"]),
+        params=params_from_json(kind, json.loads(row["params"])),
+        worker_pid=row["worker_pid"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_until=row["lease_until"],
+    )
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{int(timestamp % 1 * 1000):03d}Z"
-
-
-class JobQueue:
-    """A connection to the queue database; safe to share between threads of one process."""
+class SqliteJobQueue:
+    """The queue in ``<state_dir>/queue.sqlite3``; safe to share between threads of one process."""
 
     FILE_NAME = "queue.sqlite3"
 
@@ -154,6 +93,8 @@ class JobQueue:
             columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
             if "params" not in columns:  # queue files from before job parameters existed
                 db.execute("ALTER TABLE jobs ADD COLUMN params TEXT NOT NULL DEFAULT '{}'")
+            if "lease_until" not in columns:  # queue files from before leases
+                db.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
 
     def close(self) -> None:
         with self._lock:
@@ -172,16 +113,15 @@ class JobQueue:
 
     # -- producers -------------------------------------------------------------------------
 
-    def enqueue(self, series: str, trigger: str, *, kind: str = "convert",
-                params: dict[str, Any] | None = None, max_attempts: int | None = None) -> int:
+    def enqueue(self, series: str, trigger: str, params: JobParams, *, max_attempts: int | None = None) -> int:
         """Queue a job for ``series`` unless the same one is already queued; return the job id."""
         now = time.time()
-        encoded = json.dumps(params or {}, sort_keys=True)
+        encoded = json.dumps(params_to_json(params), sort_keys=True)
         with self._transaction() as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE series = ? AND kind = ? AND params = ? AND state = 'queued'"
                 " ORDER BY id LIMIT 1",
-                (series, kind, encoded),
+                (series, params.kind, encoded),
             ).fetchone()
             if row is not None:
                 db.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (now, row["id"]))
@@ -189,7 +129,7 @@ class JobQueue:
             cursor = db.execute(
                 "INSERT INTO jobs (series, kind, trigger, state, max_attempts, params, created_at, updated_at)"
                 " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (series, kind, trigger, max_attempts or self.max_attempts, encoded, now, now),
+                (series, params.kind, trigger, max_attempts or self.max_attempts, encoded, now, now),
             )
             return int(cursor.lastrowid or 0)
 
@@ -206,7 +146,7 @@ class JobQueue:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def claim(self, worker_pid: int) -> Job | None:
+    def claim(self, worker: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         """Take the oldest runnable queued job whose series has no running job."""
         now = time.time()
         with self._transaction() as db:
@@ -219,33 +159,33 @@ class JobQueue:
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_pid = ?,"
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_pid = ?, lease_until = ?,"
                 " started_at = ?, updated_at = ? WHERE id = ?",
-                (worker_pid, now, now, row["id"]),
+                (worker, now + lease_seconds, now, now, row["id"]),
             )
             job_row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-        return Job._from_row(job_row)
+        return _job(job_row)
 
-    def finish(
-        self,
-        job_id: int,
-        state: Literal["done", "skipped"],
-        *,
-        outputs: tuple[str, ...] | list[str] = (),
-        result: dict[str, Any] | None = None,
-        reason: str | None = None,
-    ) -> None:
+    def heartbeat(self, job_id: int, worker: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> bool:
         now = time.time()
         with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running' AND worker_pid = ?",
+                (now + lease_seconds, job_id, worker),
+            )
+        return cursor.rowcount == 1
+
+    def finish(self, job_id: int, outcome: Outcome) -> None:
+        now = time.time()
+        result = None if outcome.result is None else outcome.result.to_json()
+        with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, outputs = ?, result = ?, error = ?, worker_pid = NULL,"
+                "UPDATE jobs SET state = ?, outputs = ?, result = ?, error = ?, worker_pid = NULL, lease_until = NULL,"
                 " finished_at = ?, updated_at = ? WHERE id = ? AND state = 'running'",
-                (state, json.dumps(sorted(outputs)), _dump(result), reason, now, now, job_id),
+                (outcome.state, json.dumps(sorted(outcome.outputs)), _dump(result), outcome.reason, now, now, job_id),
             )
 
-    def fail_attempt(
-        self, job_id: int, error: str, *, permanent: bool = False, result: dict[str, Any] | None = None
-    ) -> JobState:
+    def fail(self, job_id: int, reason: str, *, permanent: bool = False, retry_after: float | None = None) -> JobState:
         """Record a failed attempt: retried later with backoff, or failed for good."""
         now = time.time()
         with self._transaction() as db:
@@ -255,23 +195,25 @@ class JobQueue:
             exhausted = permanent or row["attempts"] >= row["max_attempts"]
             state: JobState = "failed" if exhausted else "queued"
             # Exponential backoff with jitter (so retries of many jobs do not arrive in step).
-            delay = min(MAX_BACKOFF, 2.0 ** row["attempts"]) * random.uniform(0.75, 1.0)
+            delay = retry_after
+            if delay is None:
+                delay = min(MAX_BACKOFF_SECONDS, 2.0 ** row["attempts"]) * random.uniform(0.75, 1.0)
             db.execute(
-                "UPDATE jobs SET state = ?, error = ?, result = ?, worker_pid = NULL, not_before = ?,"
-                " finished_at = ?, updated_at = ? WHERE id = ?",
-                (state, error, _dump(result), now + delay, now if exhausted else None, now, job_id),
+                "UPDATE jobs SET state = ?, error = ?, result = NULL, worker_pid = NULL, lease_until = NULL,"
+                " not_before = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+                (state, reason, now + delay, now if exhausted else None, now, job_id),
             )
         return state
 
-    def defer(self, job_id: int, seconds: float, note: str, *, result: dict[str, Any] | None = None) -> None:
-        """Put a running job back to wait ``seconds`` without counting the attempt (it waits for
-        something outside it, e.g. the other series of its acquisition); ``note`` says what."""
+    def defer(self, job_id: int, deferred: Deferred) -> None:
+        """Put a running job back to wait without counting the attempt."""
         now = time.time()
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), worker_pid = NULL, error = ?,"
-                " result = ?, not_before = ?, updated_at = ? WHERE id = ? AND state = 'running'",
-                (note, _dump(result), now + seconds, now, job_id),
+                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), worker_pid = NULL,"
+                " lease_until = NULL, error = ?, result = ?, not_before = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'running'",
+                (deferred.note, _dump(deferred.to_json()), now + deferred.seconds, now, job_id),
             )
 
     def release(self, job_id: int) -> None:
@@ -280,29 +222,32 @@ class JobQueue:
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), worker_pid = NULL,"
-                " updated_at = ? WHERE id = ? AND state = 'running'",
+                " lease_until = NULL, updated_at = ? WHERE id = ? AND state = 'running'",
                 (now, job_id),
             )
 
-    def requeue_worker(self, worker_pid: int | None, error: str, *, count_attempt: bool = True) -> list[int]:
+    def requeue_worker(self, worker: int | None, reason: str, *, count_attempt: bool = True) -> list[int]:
         """Jobs left running by a dead worker (``None``: by any worker) go back to the queue."""
+        if worker is None:
+            return self._requeue("state = 'running'", (), reason, count_attempt=count_attempt)
+        return self._requeue("state = 'running' AND worker_pid = ?", (worker,), reason, count_attempt=count_attempt)
+
+    def requeue_expired(self, reason: str) -> list[int]:
+        return self._requeue("state = 'running' AND lease_until IS NOT NULL AND lease_until < ?", (time.time(),),
+                             reason, count_attempt=True)
+
+    def _requeue(self, where: str, args: tuple[Any, ...], reason: str, *, count_attempt: bool) -> list[int]:
         now = time.time()
         with self._transaction() as db:
-            if worker_pid is None:
-                rows = db.execute("SELECT id, attempts, max_attempts FROM jobs WHERE state = 'running'")
-            else:
-                rows = db.execute(
-                    "SELECT id, attempts, max_attempts FROM jobs WHERE state = 'running' AND worker_pid = ?",
-                    (worker_pid,),
-                )
+            rows = db.execute(f"SELECT id, attempts, max_attempts FROM jobs WHERE {where}", args).fetchall()
             ids = []
-            for row in rows.fetchall():
+            for row in rows:
                 attempts = row["attempts"] if count_attempt else max(row["attempts"] - 1, 0)
                 exhausted = attempts >= row["max_attempts"]
                 db.execute(
-                    "UPDATE jobs SET state = ?, attempts = ?, error = ?, worker_pid = NULL,"
+                    "UPDATE jobs SET state = ?, attempts = ?, error = ?, worker_pid = NULL, lease_until = NULL,"
                     " finished_at = ?, updated_at = ? WHERE id = ?",
-                    ("failed" if exhausted else "queued", attempts, error, now if exhausted else None, now,
+                    ("failed" if exhausted else "queued", attempts, reason, now if exhausted else None, now,
                      row["id"]),
                 )
                 ids.append(int(row["id"]))
@@ -313,12 +258,13 @@ class JobQueue:
     def get(self, job_id: int) -> Job | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else Job._from_row(row)
+        return None if row is None else _job(row)
 
-    def list(self, *, state: str | None = None, series: str | None = None, limit: int = 100,
+    def list(self, *, state: JobState | None = None, series: str | None = None, limit: int = 100,
              offset: int = 0) -> list[Job]:
         """Jobs, newest first."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[str] = []
         if state is not None:
             clauses.append("state = ?")
             params.append(state)
@@ -330,16 +276,16 @@ class JobQueue:
             rows = self._db.execute(
                 f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ? OFFSET ?", (*params, limit, offset)
             ).fetchall()
-        return [Job._from_row(row) for row in rows]
+        return [_job(row) for row in rows]
 
-    def latest_for_series(self, series: str, *, states: tuple[str, ...] = ("done",)) -> Job | None:
+    def latest_for_series(self, series: str, *, states: tuple[JobState, ...] = ("done",)) -> Job | None:
         marks = ",".join("?" for _ in states)
         with self._lock:
             row = self._db.execute(
                 f"SELECT * FROM jobs WHERE series = ? AND state IN ({marks}) ORDER BY id DESC LIMIT 1",
                 (series, *states),
             ).fetchone()
-        return None if row is None else Job._from_row(row)
+        return None if row is None else _job(row)
 
     def newest_job_time(self, series: str) -> float | None:
         with self._lock:
@@ -363,5 +309,5 @@ class JobQueue:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
-def _dump(value: dict[str, Any] | None) -> str | None:
+def _dump(value: Mapping[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)

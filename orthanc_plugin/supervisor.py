@@ -135,6 +135,9 @@ class Supervisor:
 
     def _check(self) -> None:
         now = time.time()
+        expired = self.queue.requeue_expired("the worker stopped renewing its lease (hung or gone)")
+        if expired:
+            self._log(f"bidsbridge: jobs whose lease expired put back: {expired}")
         running = {job.worker_pid: job for job in self.queue.list(state="running", limit=1000)}
         for slot in self._slots:
             process = slot.process

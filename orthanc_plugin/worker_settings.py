@@ -8,13 +8,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AUTH_ENV", "KNOWN_DERIVATIONS", "WorkerSettings"]
+__all__ = ["AUTH_ENV", "WorkerSettings"]
 
 #: Environment variable carrying the REST ``Authorization`` value (kept out of argv and files).
 AUTH_ENV = "BIDSBRIDGE_ORTHANC_AUTHORIZATION"
-
-#: Derivations a rule or ``POST /bidsbridge/series/{id}/convert`` may ask for.
-KNOWN_DERIVATIONS = ("adc",)
 
 
 @dataclass(frozen=True)

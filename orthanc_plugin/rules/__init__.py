@@ -26,9 +26,10 @@ from .plan import (
     RuleTrace,
     evaluate,
 )
-from .reload import RulesHolder, RulesStatus
+from .reload import SNAPSHOT_NAME, RulesHolder, RulesStatus
 
 __all__ = [
+    "SNAPSHOT_NAME",
     "CheckContext",
     "Decision",
     "Diagnostic",

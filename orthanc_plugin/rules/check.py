@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from converters.classify import SUPPORTED
 
+from ..derivations import DERIVATION_NAMES
 from .errors import Diagnostic, RulesError
 from .fields import FieldError, parse_field
 from .loader import MAX_FILE_BYTES, YMap, YNode, YScalar, YSeq, read_rule_file
@@ -34,6 +35,7 @@ from .model import (
     Condition,
     ConvertAction,
     DeriveAction,
+    FieldRef,
     ForwardAction,
     Not,
     Operator,
@@ -66,11 +68,9 @@ __all__ = [
 VERSION = 1
 #: Most rules a file may hold.
 MAX_RULES = 500
-#: Derivation names ``derive`` accepts -> what they make (extend here when a derivation is added).
-DERIVATIONS: Mapping[str, str] = {
-    "adc": "apparent diffusion coefficient map (DICOM Parametric Map) from a DWI series",
-    "seg_mask": "segmentation mask (DICOM SEG) of the series",
-}
+#: Derivation names ``derive`` accepts -> what they make (the list lives in
+#: :mod:`orthanc_plugin.derivations`).
+DERIVATIONS: Mapping[str, str] = {name: made for name, (_run, made) in DERIVATION_NAMES.items()}
 #: Actions and their arguments.
 ACTIONS: Mapping[str, str] = {
     "convert": "{dataset, datatype, suffix, entities, subject, session} (all optional)",
@@ -98,6 +98,8 @@ _COMPANION_KEY = re.compile(r"^_[A-Za-z0-9]{1,32}\.(tsv|json|txt)$")
 #: Largest companion file text accepted.
 MAX_COMPANION = 64 * 1024
 _Value = str | int | float | bool
+#: A checked mapping: key text -> (key node, value node).
+_Keys = dict[str, tuple[YScalar, YNode]]
 _PUSH_KEYS = ("server", "project", "subject", "session")
 _FORWARD_KEYS = ("modality", "peer")
 _RESEARCH = (ConvertAction, DeriveAction, PushXnatAction)
@@ -163,11 +165,11 @@ class _Builder:
     def note(self, at: Position, message: str, hint: str = "") -> None:
         self.diagnostics.append(Diagnostic(self.file, at.line, at.column, message, hint, "note"))
 
-    def mapping(self, node: YNode, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[YScalar, YNode]] | None:
+    def mapping(self, node: YNode, what: str, allowed: tuple[str, ...]) -> _Keys | None:
         if not isinstance(node, YMap):
             self.error(node.position, f"{what} must be a mapping, not {_kind(node)}", f"keys: {', '.join(allowed)}")
             return None
-        found: dict[str, tuple[YScalar, YNode]] = {}
+        found: _Keys = {}
         for key, value in node.items:
             if key.text not in allowed:
                 self.error(key.position, f"unknown key {key.text!r} in {what}",
@@ -216,22 +218,31 @@ class _Builder:
         return items[0] if len(items) == 1 else All(tuple(items), node.position)
 
     def entry(self, key: YScalar, value: YNode) -> Condition | None:
+        """One key of a condition mapping: ``all:``/``any:``/``not:``, or an attribute and its tests."""
         if key.text in ("all", "any"):
-            if not isinstance(value, YSeq):
-                self.error(value.position, f"{key.text} must be a list of conditions, not {_kind(value)}",
-                           f"write '{key.text}:' then '- ...' items")
-                return None
-            if key.text == "any" and not value.items:
-                self.error(value.position, "any: with no conditions never matches", "give at least one condition")
-                return None
-            parsed = [self.condition(item) for item in value.items]
-            if any(item is None for item in parsed):
-                return None
-            items = tuple(item for item in parsed if item is not None)
-            return All(items, key.position) if key.text == "all" else AnyOf(items, key.position)
+            return self.group(key, value)
         if key.text == "not":
             inner = self.condition(value)
             return None if inner is None else Not(inner, key.position)
+        return self.field_tests(key, value)
+
+    def group(self, key: YScalar, value: YNode) -> Condition | None:
+        """``all:`` or ``any:`` with its list of conditions."""
+        if not isinstance(value, YSeq):
+            self.error(value.position, f"{key.text} must be a list of conditions, not {_kind(value)}",
+                       f"write '{key.text}:' then '- ...' items")
+            return None
+        if key.text == "any" and not value.items:
+            self.error(value.position, "any: with no conditions never matches", "give at least one condition")
+            return None
+        parsed = [self.condition(item) for item in value.items]
+        if any(item is None for item in parsed):
+            return None
+        items = tuple(item for item in parsed if item is not None)
+        return All(items, key.position) if key.text == "all" else AnyOf(items, key.position)
+
+    def field_tests(self, key: YScalar, value: YNode) -> Condition | None:
+        """``Keyword: value`` (equals) or ``Keyword: {operator: value, ...}`` (every test must hold)."""
         try:
             field = parse_field(key.text)
         except FieldError as exc:
@@ -243,16 +254,8 @@ class _Builder:
             self.error(value.position, f"{key.text}: expected a value or {{operator: value}}, not {_kind(value)}",
                        f"operators: {', '.join(OPERATORS)}")
             return None
-        ignore_case = False
+        ignore_case, ok = self.ignore_case_option(value)
         tests: list[Condition] = []
-        ok = True
-        for op_key, operand in value.items:
-            if op_key.text == "ignore_case":
-                if isinstance(operand, YScalar) and operand.type == "bool":
-                    ignore_case = bool(operand.value)
-                else:
-                    self.error(operand.position, f"ignore_case must be true or false, not {_kind(operand)}")
-                    ok = False
         for op_key, operand in value.items:
             if op_key.text == "ignore_case":
                 continue
@@ -268,6 +271,26 @@ class _Builder:
             return None
         return tests[0] if len(tests) == 1 else All(tuple(tests), value.position)
 
+    def ignore_case_option(self, operators: YMap) -> tuple[bool, bool]:
+        """The ``ignore_case`` flag beside an attribute's operators, and whether it was well formed."""
+        ignore_case = False
+        ok = True
+        for op_key, operand in operators.items:
+            if op_key.text == "ignore_case":
+                flag = self.flag(operand, "ignore_case")
+                if flag is None:
+                    ok = False
+                else:
+                    ignore_case = flag
+        return ignore_case, ok
+
+    def flag(self, node: YNode, what: str) -> bool | None:
+        """A ``true``/``false`` value; None (reported) for anything else."""
+        if isinstance(node, YScalar) and node.type == "bool":
+            return bool(node.value)
+        self.error(node.position, f"{what} must be true or false, not {_kind(node)}")
+        return None
+
     def test(self, *, field_name: str, op_key: YScalar, operand: YNode, ignore_case: bool) -> Test | None:
         field = parse_field(field_name)
         op = op_key.text
@@ -276,34 +299,50 @@ class _Builder:
             self.error(at, f"unknown operator {op!r}", f"{_close(op, list(OPERATORS))}operators: "
                        f"{', '.join(OPERATORS)}, plus ignore_case")
             return None
-        need = OPERATORS[op]
         operator = cast(Operator, op)  # checked just above
         if op in ("exists", "missing"):
-            if not (isinstance(operand, YScalar) and operand.type == "bool"):
-                self.error(operand.position, f"{op} needs {need}, not {_kind(operand)}")
-                return None
-            positive = bool(operand.value) == (op == "exists")
-            return Test(field, "exists" if positive else "missing", at)
+            return self.presence_test(field, operator, at, operand)
         if op in ("lt", "le", "gt", "ge"):
-            if not (isinstance(operand, YScalar) and operand.type in ("int", "float")):
-                self.error(operand.position, f"{op} needs {need}, not {_kind(operand)}", "write e.g. 'gt: 2.5'")
-                return None
-            try:
-                number = float(operand.value) if isinstance(operand.value, int | float) else math.nan
-            except OverflowError:
-                number = math.inf
-            if not math.isfinite(number):
-                self.error(operand.position, f"{op} needs a finite number, not {operand.text}", "write e.g. 'gt: 2.5'")
-                return None
-            return Test(field, operator, at, number=number)
+            return self.number_test(field, operator, at, operand)
         if op == "in":
-            if not isinstance(operand, YSeq) or not operand.items:
-                self.error(operand.position, f"in needs {need}, not {_kind(operand)}", "write e.g. 'in: [MR, CT]'")
-                return None
-            texts = [self.value(item, op) for item in operand.items]
-            if any(t is None for t in texts):
-                return None
-            return Test(field, "in", at, texts=tuple(t for t in texts if t is not None), ignore_case=ignore_case)
+            return self.in_test(field, at, operand, ignore_case)
+        return self.text_test(field, operator, at, operand, ignore_case)
+
+    def presence_test(self, field: FieldRef, op: Operator, at: Position, operand: YNode) -> Test | None:
+        """``exists: true|false`` / ``missing: true|false`` (a false flag is the opposite test)."""
+        if not (isinstance(operand, YScalar) and operand.type == "bool"):
+            self.error(operand.position, f"{op} needs {OPERATORS[op]}, not {_kind(operand)}")
+            return None
+        positive = bool(operand.value) == (op == "exists")
+        return Test(field, "exists" if positive else "missing", at)
+
+    def number_test(self, field: FieldRef, op: Operator, at: Position, operand: YNode) -> Test | None:
+        """``lt``/``le``/``gt``/``ge`` with a finite number."""
+        if not (isinstance(operand, YScalar) and operand.type in ("int", "float")):
+            self.error(operand.position, f"{op} needs {OPERATORS[op]}, not {_kind(operand)}", "write e.g. 'gt: 2.5'")
+            return None
+        try:
+            number = float(operand.value) if isinstance(operand.value, int | float) else math.nan
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            self.error(operand.position, f"{op} needs a finite number, not {operand.text}", "write e.g. 'gt: 2.5'")
+            return None
+        return Test(field, op, at, number=number)
+
+    def in_test(self, field: FieldRef, at: Position, operand: YNode, ignore_case: bool) -> Test | None:
+        """``in: [value, ...]`` (a non-empty list)."""
+        if not isinstance(operand, YSeq) or not operand.items:
+            self.error(operand.position, f"in needs {OPERATORS['in']}, not {_kind(operand)}",
+                       "write e.g. 'in: [MR, CT]'")
+            return None
+        texts = [self.value(item, "in") for item in operand.items]
+        if any(t is None for t in texts):
+            return None
+        return Test(field, "in", at, texts=tuple(t for t in texts if t is not None), ignore_case=ignore_case)
+
+    def text_test(self, field: FieldRef, op: Operator, at: Position, operand: YNode, ignore_case: bool) -> Test | None:
+        """``equals``/``startswith``/``contains``/``regex`` (the regex compiled and vetted here)."""
         text = self.value(operand, op)
         if text is None:
             return None
@@ -314,7 +353,7 @@ class _Builder:
                 self.error(operand.position, str(exc), exc.hint)
                 return None
             return Test(field, "regex", at, text=text, pattern=pattern, ignore_case=ignore_case)
-        return Test(field, operator, at, text=text, ignore_case=ignore_case)
+        return Test(field, op, at, text=text, ignore_case=ignore_case)
 
     def value(self, node: YNode, op: str) -> str | None:
         if isinstance(node, YScalar) and node.type in ("str", "int", "float"):
@@ -357,6 +396,21 @@ class _Builder:
             dataset = self.text(keys["dataset"][1], "convert dataset") or "default"
             self.known(keys["dataset"][1].position, "dataset", dataset, self.context.datasets,
                        source="--orthanc-config (BidsBridge.Datasets)", always={"default"})
+        datatype, suffix = self.target(keys)
+        entities = self.entities(keys["entities"][1]) if "entities" in keys else {}
+        if "subject" in keys and self.context.pseudonymised_subjects:
+            self.error(keys["subject"][0].position, "this site pseudonymises subjects; a rule cannot set the subject",
+                       "remove 'subject:': the configured pseudonym key or mapping table makes the label")
+        subject = self.template(keys["subject"][1], "subject", "label") if "subject" in keys else None
+        session = self.template(keys["session"][1], "session", "label") if "session" in keys else None
+        metadata = self.metadata(keys["metadata"][1]) if "metadata" in keys else {}
+        companions = self.companions(keys["companions"][1]) if "companions" in keys else {}
+        if len(self.errors()) > errors:
+            return None
+        return ConvertAction(at, dataset, datatype, suffix, entities, subject, session, metadata, companions)
+
+    def target(self, keys: _Keys) -> tuple[str | None, str | None]:
+        """The BIDS ``datatype`` and ``suffix`` a ``convert`` forces (None when not given; named together)."""
         datatype = suffix = None
         if "datatype" in keys:
             datatype = self.text(keys["datatype"][1], "datatype")
@@ -376,24 +430,17 @@ class _Builder:
             known = ", ".join(sorted(s for d, s in SUPPORTED if d == datatype)) or "none yet"
             self.note(keys["suffix"][1].position, f"{datatype}/{suffix} is not a target the converter knows",
                       f"it is written as named, without the converter's checks; known {datatype} suffixes: {known}")
+        return datatype, suffix
+
+    def entities(self, node: YNode) -> dict[str, Template]:
+        """``entities: {name: template}``: the BIDS entities a ``convert`` sets."""
         entities: dict[str, Template] = {}
-        if "entities" in keys:
-            entity_node = keys["entities"][1]
-            found = self.mapping(entity_node, "entities", tuple(ENTITIES))
-            for name, (_, value) in (found or {}).items():
-                template = self.template(value, f"entity {name}", ENTITIES[name])
-                if template is not None:
-                    entities[name] = template
-        if "subject" in keys and self.context.pseudonymised_subjects:
-            self.error(keys["subject"][0].position, "this site pseudonymises subjects; a rule cannot set the subject",
-                       "remove 'subject:': the configured pseudonym key or mapping table makes the label")
-        subject = self.template(keys["subject"][1], "subject", "label") if "subject" in keys else None
-        session = self.template(keys["session"][1], "session", "label") if "session" in keys else None
-        metadata = self.metadata(keys["metadata"][1]) if "metadata" in keys else {}
-        companions = self.companions(keys["companions"][1]) if "companions" in keys else {}
-        if len(self.errors()) > errors:
-            return None
-        return ConvertAction(at, dataset, datatype, suffix, entities, subject, session, metadata, companions)
+        found = self.mapping(node, "entities", tuple(ENTITIES))
+        for name, (_, value) in (found or {}).items():
+            template = self.template(value, f"entity {name}", ENTITIES[name])
+            if template is not None:
+                entities[name] = template
+        return entities
 
     def json_value(self, node: YNode, what: str) -> _Value | tuple[_Value, ...] | None:
         if isinstance(node, YScalar) and node.type != "null":
@@ -538,9 +585,22 @@ class _Builder:
         for required in ("name", "match", "actions"):
             if required not in keys:
                 self.error(node.position, f"rule without {required}", f"a rule has {', '.join(_RULE_KEYS)}")
-        name = self.text(keys["name"][1], "rule name", numbers=True) if "name" in keys else None
+        name = self.rule_name(keys["name"][1], names) if "name" in keys else None
+        description = self.description(keys)
+        stop = False
+        if "stop" in keys:
+            stop = bool(self.flag(keys["stop"][1], "stop"))
+        match = self.condition(keys["match"][1]) if "match" in keys else None
+        actions = self.rule_actions(keys["actions"][1]) if "actions" in keys else []
+        if len(self.errors()) > before or name is None or match is None:
+            return None
+        return Rule(name, match, tuple(actions), node.position, description, stop)
+
+    def rule_name(self, node: YNode, names: dict[str, Position]) -> str | None:
+        """A rule's name, checked for its characters and against the ``names`` seen so far (recorded there)."""
+        name = self.text(node, "rule name", numbers=True)
         if name is not None:
-            at = keys["name"][1].position
+            at = node.position
             if not name or len(name) > 64 or not all(ch.isascii() and (ch.isalnum() or ch in "_.- ") for ch in name):
                 self.error(at, f"rule name {name!r} must be 1-64 ASCII letters, digits, spaces, '_', '.', '-'",
                            "names appear in logs and job records")
@@ -549,75 +609,74 @@ class _Builder:
                            "give each rule its own name: job records say which rules matched by name")
             else:
                 names[name] = at
-        description = ""
-        if "description" in keys:
-            description = self.text(keys["description"][1], "description") or ""
-        stop = False
-        if "stop" in keys:
-            value = keys["stop"][1]
-            if isinstance(value, YScalar) and value.type == "bool":
-                stop = bool(value.value)
-            else:
-                self.error(value.position, f"stop must be true or false, not {_kind(value)}")
-        match = self.condition(keys["match"][1]) if "match" in keys else None
+        return name
+
+    def description(self, keys: _Keys) -> str:
+        """The optional ``description`` text (empty when absent or not text)."""
+        if "description" not in keys:
+            return ""
+        return self.text(keys["description"][1], "description") or ""
+
+    def rule_actions(self, node: YNode) -> list[Action]:
+        """A rule's ``actions`` list (the well-formed ones); a skip cannot share a rule with research actions."""
         actions: list[Action] = []
-        if "actions" in keys:
-            actions_node = keys["actions"][1]
-            if not isinstance(actions_node, YSeq) or not actions_node.items:
-                self.error(actions_node.position, f"actions must be a non-empty list, not {_kind(actions_node)}",
-                           f"actions: {', '.join(ACTIONS)}")
-            else:
-                for item in actions_node.items:
-                    action = self.action(item)
-                    if action is not None:
-                        actions.append(action)
-                skips = [a for a in actions if isinstance(a, SkipAction)]
-                research = [a for a in actions if isinstance(a, _RESEARCH)]
-                if skips and research:
-                    self.error(skips[0].position, "a rule cannot both skip and convert/derive/push_xnat",
-                               "a skip cancels those actions; put them in different rules")
-        if len(self.errors()) > before or name is None or match is None:
-            return None
-        return Rule(name, match, tuple(actions), node.position, description, stop)
+        if not isinstance(node, YSeq) or not node.items:
+            self.error(node.position, f"actions must be a non-empty list, not {_kind(node)}",
+                       f"actions: {', '.join(ACTIONS)}")
+            return actions
+        for item in node.items:
+            action = self.action(item)
+            if action is not None:
+                actions.append(action)
+        skips = [a for a in actions if isinstance(a, SkipAction)]
+        research = [a for a in actions if isinstance(a, _RESEARCH)]
+        if skips and research:
+            self.error(skips[0].position, "a rule cannot both skip and convert/derive/push_xnat",
+                       "a skip cancels those actions; put them in different rules")
+        return actions
 
     def ruleset(self, tree: YNode, digest: str) -> RuleSet | None:
         keys = self.mapping(tree, "the rule file", _TOP_KEYS)
         if keys is None:
             return None
-        version = 0
-        if "version" not in keys:
-            self.error(tree.position, "the rule file has no version", f"start with 'version: {VERSION}'")
-        else:
-            node = keys["version"][1]
-            if not (isinstance(node, YScalar) and node.type == "int" and node.value == VERSION):
-                shown = node.text if isinstance(node, YScalar) else _kind(node)
-                self.error(node.position, f"version must be {VERSION}, not {shown}",
-                           f"this bidsbridge reads rule files of version {VERSION}")
-            else:
-                version = VERSION
-        description = ""
-        if "description" in keys:
-            description = self.text(keys["description"][1], "description") or ""
-        rules: list[Rule] = []
-        if "rules" not in keys:
-            self.error(tree.position, "the rule file has no rules list", "add 'rules:' with '- name: ...' items")
-        else:
-            node = keys["rules"][1]
-            if not isinstance(node, YSeq):
-                self.error(node.position, f"rules must be a list, not {_kind(node)}", "write '- name: ...' items")
-            elif len(node.items) > MAX_RULES:
-                self.error(node.items[MAX_RULES].position, f"more than {MAX_RULES} rules",
-                           "combine rules with in:/any:")
-            else:
-                names: dict[str, Position] = {}
-                for item in node.items:
-                    rule = self.rule(item, names)
-                    if rule is not None:
-                        rules.append(rule)
+        version = self.version(tree, keys)
+        description = self.description(keys)
+        rules = self.rules(tree, keys)
         if self.errors():
             return None
         return RuleSet(version, tuple(rules), self.file, digest, description)
 
+    def version(self, tree: YNode, keys: _Keys) -> int:
+        """The file's ``version`` (:data:`VERSION`), or 0 (reported) when missing or another one."""
+        if "version" not in keys:
+            self.error(tree.position, "the rule file has no version", f"start with 'version: {VERSION}'")
+            return 0
+        node = keys["version"][1]
+        if not (isinstance(node, YScalar) and node.type == "int" and node.value == VERSION):
+            shown = node.text if isinstance(node, YScalar) else _kind(node)
+            self.error(node.position, f"version must be {VERSION}, not {shown}",
+                       f"this bidsbridge reads rule files of version {VERSION}")
+            return 0
+        return VERSION
+
+    def rules(self, tree: YNode, keys: _Keys) -> list[Rule]:
+        """The file's ``rules`` list (the well-formed ones; at most :data:`MAX_RULES`)."""
+        rules: list[Rule] = []
+        if "rules" not in keys:
+            self.error(tree.position, "the rule file has no rules list", "add 'rules:' with '- name: ...' items")
+            return rules
+        node = keys["rules"][1]
+        if not isinstance(node, YSeq):
+            self.error(node.position, f"rules must be a list, not {_kind(node)}", "write '- name: ...' items")
+        elif len(node.items) > MAX_RULES:
+            self.error(node.items[MAX_RULES].position, f"more than {MAX_RULES} rules", "combine rules with in:/any:")
+        else:
+            names: dict[str, Position] = {}
+            for item in node.items:
+                rule = self.rule(item, names)
+                if rule is not None:
+                    rules.append(rule)
+        return rules
 
 def _sorted(diagnostics: list[Diagnostic]) -> tuple[Diagnostic, ...]:
     return tuple(sorted(diagnostics, key=lambda d: (d.line, d.column, d.severity)))

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from converters.errors import BidsBridgeError
+from converters.jsonform import to_json
+
 __all__ = ["Diagnostic", "RulesError", "Severity"]
 
 #: ``error`` makes a rule file unusable; ``note`` is advice (e.g. an alias that could not be verified).
@@ -34,17 +37,10 @@ class Diagnostic:
         return f"{text}\n    hint: {self.hint}" if self.hint else text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "column": self.column,
-            "severity": self.severity,
-            "message": self.message,
-            "hint": self.hint,
-        }
+        return to_json(self)
 
 
-class RulesError(ValueError):
+class RulesError(BidsBridgeError, ValueError):
     """A rule file cannot be used; ``diagnostics`` says where and why (errors first).
 
     The message is the first error, formatted; fix the file and run ``bidsbridge rules check``.

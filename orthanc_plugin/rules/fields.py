@@ -13,6 +13,8 @@ import re
 
 from pydicom.datadict import dictionary_keyword, keyword_dict, tag_for_keyword
 
+from converters.errors import BidsBridgeError
+
 from .model import FieldRef, SeriesFacts
 
 __all__ = ["SERIES_FIELDS", "SOURCE_FIELDS", "FieldError", "lookup", "parse_field", "tag_key"]
@@ -26,7 +28,7 @@ _TAG = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?$")
 _LOOKS_LIKE_TAG = re.compile(r"^[(\d]|,")
 
 
-class FieldError(ValueError):
+class FieldError(BidsBridgeError, ValueError):
     """A field name is not usable; ``hint`` says what would be."""
 
     def __init__(self, message: str, hint: str) -> None:

@@ -127,6 +127,33 @@ class _Open:
     def close(self) -> YNode:
         return YMap(tuple(self.pairs), self.position) if self.is_map else YSeq(tuple(self.items), self.position)
 
+    def add(self, node: YNode, diagnostics: list[Diagnostic], file: str) -> None:
+        """Take a finished child: a list item, or in a mapping alternately a key and its value.
+
+        Unusable (non-text) and duplicate keys are reported in ``diagnostics`` and their entry dropped.
+        """
+        if not self.is_map:
+            self.items.append(node)
+        elif not self.expecting_value:
+            self.expecting_value = True
+            self.key = node if isinstance(node, YScalar) else None
+            if self.key is None:
+                diagnostics.append(Diagnostic(file, node.position.line, node.position.column,
+                                              "mapping keys must be plain text",
+                                              "write the key as a word, e.g. SeriesDescription"))
+        else:
+            key, self.key, self.expecting_value = self.key, None, False
+            if key is None:
+                return
+            first = self.seen.get(key.text)
+            if first is not None:
+                diagnostics.append(Diagnostic(file, key.position.line, key.position.column,
+                                              f"duplicate key {key.text!r} (first at line {first.line})",
+                                              "YAML keeps only the last one; merge them or use 'all:' with a list"))
+                return
+            self.seen[key.text] = key.position
+            self.pairs.append((key, node))
+
 
 def _check_event(event: Any) -> None:
     if isinstance(event, AliasEvent):
@@ -167,31 +194,10 @@ def _compose(loader: Any, diagnostics: list[Diagnostic], file: str) -> YNode | N
             node = _scalar(event, loader)
         else:
             continue
-        if not stack:
-            root = node
-            continue
-        parent = stack[-1]
-        if not parent.is_map:
-            parent.items.append(node)
-        elif not parent.expecting_value:
-            parent.expecting_value = True
-            parent.key = node if isinstance(node, YScalar) else None
-            if parent.key is None:
-                diagnostics.append(Diagnostic(file, node.position.line, node.position.column,
-                                              "mapping keys must be plain text",
-                                              "write the key as a word, e.g. SeriesDescription"))
+        if stack:
+            stack[-1].add(node, diagnostics, file)
         else:
-            key, parent.key, parent.expecting_value = parent.key, None, False
-            if key is None:
-                continue
-            first = parent.seen.get(key.text)
-            if first is not None:
-                diagnostics.append(Diagnostic(file, key.position.line, key.position.column,
-                                              f"duplicate key {key.text!r} (first at line {first.line})",
-                                              "YAML keeps only the last one; merge them or use 'all:' with a list"))
-                continue
-            parent.seen[key.text] = key.position
-            parent.pairs.append((key, node))
+            root = node
     return root
 
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 import importlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from converters.errors import BidsBridgeError
 
 from .fields import lookup
 from .model import All, Condition, Not, SeriesFacts, Test
@@ -63,7 +66,7 @@ _UNBOUNDED: int = int(_parser.MAXREPEAT)
 _REPEATS = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})
 
 
-class RegexError(ValueError):
+class RegexError(BidsBridgeError, ValueError):
     """A regex is invalid or could take too long; ``hint`` says how to rewrite it."""
 
     def __init__(self, message: str, hint: str) -> None:
@@ -187,37 +190,43 @@ def _number(text: str) -> float | None:
     return None if math.isnan(value) else value  # NaN compares false to everything
 
 
-def _test(test: Test, facts: SeriesFacts) -> Outcome:
-    where = f"line {test.position}"
-    value = lookup(facts, test.field)
+def _presence(test: Test, value: str | None, where: str) -> Outcome:
+    """``exists`` / ``missing``."""
     if test.op == "exists":
         return Outcome(True) if value is not None else Outcome(False, f"{where}: {test.field.name} is missing")
-    if test.op == "missing":
-        if value is None:
-            return Outcome(True)
-        return Outcome(False, f"{where}: {test.field.name} is present ({_quote(value)})")
     if value is None:
-        return Outcome(False, f"{where}: {test.field.name} is missing, so '{describe(test)}' does not match")
-    if test.op in ("lt", "le", "gt", "ge"):
-        number = _number(value)
-        if number is None:
-            return Outcome(False, f"{where}: {test.field.name} {_quote(value)} is not a number")
-        ok = {
-            "lt": number < test.number,
-            "le": number <= test.number,
-            "gt": number > test.number,
-            "ge": number >= test.number,
-        }[test.op]
-        return Outcome(True) if ok else Outcome(False, f"{where}: {test.field.name} {_quote(value)} is not "
-                                                        f"{test.op} {test.number:g}")
-    if test.op == "regex":
-        assert test.pattern is not None
-        if len(value) > MAX_REGEX_INPUT:
-            return Outcome(False, f"{where}: {test.field.name} is longer than {MAX_REGEX_INPUT} characters; "
-                                  "regexes do not apply to it")
-        if test.pattern.fullmatch(value):
-            return Outcome(True)
-        return Outcome(False, f"{where}: {test.field.name} {_quote(value)} does not match regex {test.text!r}")
+        return Outcome(True)
+    return Outcome(False, f"{where}: {test.field.name} is present ({_quote(value)})")
+
+
+def _compare_number(test: Test, value: str, where: str) -> Outcome:
+    """``lt``/``le``/``gt``/``ge``: the value must read as one number."""
+    number = _number(value)
+    if number is None:
+        return Outcome(False, f"{where}: {test.field.name} {_quote(value)} is not a number")
+    ok = {
+        "lt": number < test.number,
+        "le": number <= test.number,
+        "gt": number > test.number,
+        "ge": number >= test.number,
+    }[test.op]
+    return Outcome(True) if ok else Outcome(False, f"{where}: {test.field.name} {_quote(value)} is not "
+                                                    f"{test.op} {test.number:g}")
+
+
+def _match_regex(test: Test, value: str, where: str) -> Outcome:
+    """``regex``: a full match, and only on values up to :data:`MAX_REGEX_INPUT` characters."""
+    assert test.pattern is not None
+    if len(value) > MAX_REGEX_INPUT:
+        return Outcome(False, f"{where}: {test.field.name} is longer than {MAX_REGEX_INPUT} characters; "
+                              "regexes do not apply to it")
+    if test.pattern.fullmatch(value):
+        return Outcome(True)
+    return Outcome(False, f"{where}: {test.field.name} {_quote(value)} does not match regex {test.text!r}")
+
+
+def _compare_text(test: Test, value: str, where: str) -> Outcome:
+    """``equals``/``in``/``startswith``/``contains`` (case-folded with ``ignore_case``)."""
     subject = value.casefold() if test.ignore_case else value
 
     def fold(text: str) -> str:
@@ -237,6 +246,26 @@ def _test(test: Test, facts: SeriesFacts) -> Outcome:
         ok = fold(test.text) in subject
         verb = f"does not contain {test.text!r}"
     return Outcome(True) if ok else Outcome(False, f"{where}: {test.field.name} {_quote(value)} {verb}")
+
+
+#: How a present value is compared, by operator; the text operators are the rest.
+_COMPARISONS: dict[str, Callable[[Test, str, str], Outcome]] = {
+    "lt": _compare_number,
+    "le": _compare_number,
+    "gt": _compare_number,
+    "ge": _compare_number,
+    "regex": _match_regex,
+}
+
+
+def _test(test: Test, facts: SeriesFacts) -> Outcome:
+    where = f"line {test.position}"
+    value = lookup(facts, test.field)
+    if test.op in ("exists", "missing"):
+        return _presence(test, value, where)
+    if value is None:
+        return Outcome(False, f"{where}: {test.field.name} is missing, so '{describe(test)}' does not match")
+    return _COMPARISONS.get(test.op, _compare_text)(test, value, where)
 
 
 def evaluate(condition: Condition, facts: SeriesFacts) -> Outcome:

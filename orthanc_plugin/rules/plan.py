@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from converters import Override
+from converters.jsonform import to_json
 
 from .check import ENTITIES
 from .match import evaluate as evaluate_condition
@@ -76,7 +77,7 @@ class RuleTrace:
     reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "line": self.line, "status": self.status, "reason": self.reason}
+        return to_json(self)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class PlannedDerive:
     action: Literal["derive"] = "derive"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "rule": self.rule, "names": list(self.names)}
+        return to_json(self)
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,7 @@ class PlannedPush:
                 f"/experiments/{self.session}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "rule": self.rule, "server": self.server, "project": self.project,
-                "subject": self.subject, "session": self.session, "uri": self.uri}
+        return {**to_json(self), "uri": self.uri}
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class PlannedForward:
     action: Literal["forward"] = "forward"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "rule": self.rule, "kind": self.kind, "target": self.target}
+        return to_json(self)
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class PlannedSkip:
     action: Literal["skip"] = "skip"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "rule": self.rule, "reason": self.reason}
+        return to_json(self)
 
 
 Planned = PlannedConvert | PlannedDerive | PlannedPush | PlannedForward | PlannedSkip

@@ -6,6 +6,11 @@ polls the file's modification time, size and inode. A changed file is read and c
 fails the checks (or vanishes) it is refused: the previous rules stay active, the error is
 logged once and kept in :meth:`RulesHolder.status` until a good file replaces it. Polling never
 raises. Without a path the shipped default rules are active and nothing is polled.
+
+Hand-off to the workers in one hop: with a ``snapshot`` path the holder writes the bytes of every
+file it accepts there (atomically) the moment it accepts them; the workers read only that
+snapshot (:class:`orthanc_plugin.routing_stage.RulesSnapshot`), so a worker never runs rules the
+holder refused.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from .errors import Diagnostic, RulesError
 from .loader import MAX_FILE_BYTES
 from .model import RuleSet
 
-__all__ = ["DEFAULT_INTERVAL", "RulesHolder", "RulesStatus"]
+__all__ = ["DEFAULT_INTERVAL", "SNAPSHOT_NAME", "RulesHolder", "RulesStatus"]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds between two looks at the rule file (a change is active at most this long after it).
 DEFAULT_INTERVAL = 2.0
+#: File name of the accepted rules the workers read (in the plugin's state directory).
+SNAPSHOT_NAME = "rules-active.yaml"
 
 _Signature = tuple[int, int, int]
 
@@ -76,8 +83,10 @@ class RulesHolder:
         *,
         context: CheckContext | None = None,
         interval: float = DEFAULT_INTERVAL,
+        snapshot: Path | None = None,
     ) -> None:
         self.path = None if path is None else Path(path)
+        self.snapshot = snapshot
         self.context = context or CheckContext()
         self.interval = interval
         self._lock = threading.Lock()
@@ -89,7 +98,8 @@ class RulesHolder:
             self._rules = load_default_rules()
         else:
             self._signature = self._stat()
-            self._rules = self._load()
+            self._rules, data = self._load()
+            self._hand_off(data)
         self._loaded_at = time.time()
 
     # -- reading ---------------------------------------------------------------------------
@@ -122,7 +132,7 @@ class RulesHolder:
             return None
         return (info.st_mtime_ns, info.st_size, info.st_ino)
 
-    def _load(self) -> RuleSet:
+    def _load(self) -> tuple[RuleSet, bytes]:
         assert self.path is not None
         try:
             with self.path.open("rb") as handle:
@@ -130,7 +140,15 @@ class RulesHolder:
         except OSError as exc:
             raise RulesError([Diagnostic(str(self.path), 1, 1, f"cannot read the rule file: {exc.strerror or exc}",
                                          "check the path and that the Orthanc user may read it")]) from None
-        return parse_rules(data, str(self.path), self.context)[0]
+        return parse_rules(data, str(self.path), self.context)[0], data
+
+    def _hand_off(self, data: bytes) -> None:
+        """Write the accepted file's bytes where the workers read them (temp file, then rename)."""
+        if self.snapshot is None:
+            return
+        temporary = self.snapshot.with_name(f".{self.snapshot.name}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, self.snapshot)
 
     def _refuse(self, error: RulesError) -> None:
         # Logged before it shows in status(): whoever sees the error can find it in the log.
@@ -152,10 +170,11 @@ class RulesHolder:
                                                     "restore it; the previous rules stay active")]))
                 return False
             try:
-                rules = self._load()
+                rules, data = self._load()
             except RulesError as exc:
                 self._refuse(exc)
                 return False
+            self._hand_off(data)
             with self._lock:
                 changed = rules.digest != self._rules.digest
                 self._error = None

@@ -26,6 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from converters.bids.naming import label_characters
+from converters.errors import BidsBridgeError
+from xnat_container.labels import xnat_label_characters
+
 from .fields import FieldError, lookup, parse_field
 from .model import Position, SeriesFacts, Substitution, Template
 
@@ -79,7 +83,7 @@ _WHAT = {
 _SUBSTITUTION = re.compile(r"\{([^{}]*)\}")
 
 
-class TemplateError(ValueError):
+class TemplateError(BidsBridgeError, ValueError):
     """A template cannot be used; ``offset`` is the character where the problem starts."""
 
     def __init__(self, message: str, hint: str, offset: int = 0) -> None:
@@ -145,13 +149,11 @@ def sanitize(text: str, kind: TemplateKind) -> str:
     if kind == "text":
         cleaned = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
         return cleaned[:_MAX_TEXT]
-    folded = _ascii(text)
     if kind == "label":
-        return re.sub(r"[^A-Za-z0-9]", "", folded)[:MAX_SEGMENT]
+        return label_characters(text)[:MAX_SEGMENT]
     if kind == "index":
-        return re.sub(r"[^0-9]", "", folded)[:MAX_SEGMENT]
-    collapsed = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_-]", "_", folded))
-    return collapsed.strip("_-")[:MAX_SEGMENT].strip("_-")
+        return re.sub(r"[^0-9]", "", _ascii(text))[:MAX_SEGMENT]
+    return xnat_label_characters(text)[:MAX_SEGMENT].strip("_-")
 
 
 @dataclass(frozen=True)

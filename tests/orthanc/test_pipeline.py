@@ -60,7 +60,8 @@ def _payload(path: Path) -> bytes:
 class Xa30Run:
     harness: Harness
     jobs: dict[str, dict[str, Any]]
-    latencies: list[float]
+    probes: int
+    probe_failures: list[str]
     series_dirs: list[Path]
 
 
@@ -74,14 +75,17 @@ def xa30(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Iterator[Xa3
     run = Xa30Run()
     run.harness = Harness(server)
     run.series_dirs = sorted(p for p in (corpus / "dcm_qa_xa30" / "In").iterdir() if p.is_dir())
-    run.latencies = []
+    run.probes = 0
+    run.probe_failures = []
     stop = threading.Event()
 
-    def probe() -> None:  # Orthanc must keep answering while the workers convert
+    def probe() -> None:  # Orthanc must keep answering while the workers convert (how fast: benchmarks/)
         while not stop.is_set():
-            started = time.monotonic()
-            requests.get(f"{server.url}/system", timeout=30).raise_for_status()
-            run.latencies.append(time.monotonic() - started)
+            try:
+                requests.get(f"{server.url}/system", timeout=30).raise_for_status()
+            except requests.RequestException as exc:
+                run.probe_failures.append(f"{type(exc).__name__}: {exc}")
+            run.probes += 1
             time.sleep(0.05)
 
     prober = threading.Thread(target=probe, daemon=True)
@@ -128,9 +132,10 @@ def test_xa30_dataset_is_bids_valid(xa30: Xa30Run) -> None:
 
 
 def test_orthanc_stays_responsive_while_converting(xa30: Xa30Run) -> None:
-    # Conversion runs in worker processes: the REST API keeps answering throughout.
-    assert len(xa30.latencies) > 10
-    assert max(xa30.latencies) < 2.0, sorted(xa30.latencies)[-5:]
+    # Conversion runs in worker processes: the REST API answers every request throughout (its
+    # latency is measured in benchmarks/, not asserted here).
+    assert xa30.probes > 10
+    assert xa30.probe_failures == []
 
 
 def test_offline_cli_gives_the_same_files_as_the_plugin(xa30: Xa30Run, corpus: Path, tmp_path: Path) -> None:
@@ -224,7 +229,8 @@ def test_worker_killed_mid_job_is_retried(orthanc_factory: Callable[..., Harness
     harness.wait_for(lambda: harness.get(f"/bidsbridge/jobs/{job['id']}")["state"] == "done", 60, "the retry")
     final = harness.get(f"/bidsbridge/jobs/{job['id']}")
     assert final["attempts"] == 2
-    assert "died (signal 9)" in (final["error"] or "") or final["error"] is None
+    # The supervisor saw the death and put exactly this job back (its log line says so).
+    assert f"worker {pid} ended (signal 9); jobs put back: [{job['id']}]" in harness.server.log_path.read_text()
     new_pids = harness.get("/bidsbridge/status")["workers"]
     assert len(new_pids) == 1 and new_pids[0] != pid
     assert len(list(harness.server.bids_root.rglob("*_dwi.nii.gz"))) == 1

@@ -66,10 +66,9 @@ def test_injected_errors_before_processing_write_nothing(emulator: XnatEmulator,
 
 def test_timeout_holds_the_answer_past_the_client_timeout(emulator: XnatEmulator, http: requests.Session) -> None:
     emulator.set_faults(timeout_rate=1.0, timeout_seconds=3.0, path_pattern="/subjects/")
-    started = time.monotonic()
-    with pytest.raises(requests.ReadTimeout):
+    with pytest.raises(requests.ReadTimeout):  # the client gave up; the emulator held the answer
         http.put(f"{emulator.url}/data/projects/P1/subjects/sub-01", timeout=0.3)
-    assert time.monotonic() - started < 2.0
+    assert emulator.count_requests(answered=False, fault=FaultKind.TIMEOUT) == 1
     assert emulator.inventory().subjects == ()
 
     emulator.clear_faults()
@@ -96,11 +95,13 @@ def test_forced_401_reaches_xnat_py(emulator: XnatEmulator, connect: Connect) ->
     assert refused.value.status_code == 401
 
 
-def test_slow_responses(emulator: XnatEmulator, http: requests.Session) -> None:
+def test_slow_responses(emulator: XnatEmulator, http: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    real_wait = emulator._wait
+    monkeypatch.setattr(emulator, "_wait", lambda seconds: (waits.append(seconds), real_wait(seconds))[1])
     emulator.set_faults(delay_seconds=0.25)
-    started = time.monotonic()
     assert http.get(f"{emulator.url}/data/projects").status_code == 200
-    assert time.monotonic() - started >= 0.25
+    assert 0.25 in waits  # the answer was held back by the slow-server delay
 
 
 @pytest.mark.parametrize(
@@ -162,12 +163,10 @@ def test_unreachable_refuses_then_recovers_on_the_same_port(emulator: XnatEmulat
 
     emulator.make_unreachable()
     assert not emulator.reachable
-    started = time.monotonic()
-    with pytest.raises(requests.ConnectionError):
+    with pytest.raises(requests.ConnectionError):  # refused at once, not a timeout (ReadTimeout)
         http.get(f"{url}/data/projects", timeout=5)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/data/projects", timeout=5)
-    assert time.monotonic() - started < 2.0
 
     emulator.make_reachable()
     assert (emulator.url, emulator.port) == (url, port)

@@ -1,0 +1,82 @@
+"""The worker's contract for one job (``run_job``): the handler's answer or error decides the end
+state — finish, defer, or fail (permanent unless the error is retryable) — and a heartbeat
+keeps the lease while the handler runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+
+from converters.errors import DatasetError, DicomInputError
+from orthanc_plugin import worker
+from orthanc_plugin.handlers import JobContext
+from orthanc_plugin.jobs import Deferred, Outcome
+from tests.plugin.conftest import Plant
+
+
+def _run_with(plant: Plant, monkeypatch: pytest.MonkeyPatch, handler: Callable[[JobContext], object],
+              **options: float) -> int:
+    monkeypatch.setitem(worker.HANDLERS, "convert", handler)  # type: ignore[arg-type]
+    job = plant.claim("s1")
+    worker.run_job(job, plant.queue, plant.orthanc, plant.settings, plant.rules, **options)
+    return job.id
+
+
+def test_an_outcome_finishes_the_job(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = _run_with(plant, monkeypatch, lambda ctx: Outcome("skipped", reason="nothing to do"))
+    job = plant.queue.get(job_id)
+    assert job is not None and (job.state, job.error, job.attempts) == ("skipped", "nothing to do", 1)
+
+
+def test_a_deferral_puts_the_job_back_without_spending_an_attempt(plant: Plant,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = _run_with(plant, monkeypatch, lambda ctx: Deferred(30.0, "waiting for series 7", time.time()))
+    job = plant.queue.get(job_id)
+    assert job is not None and (job.state, job.attempts, job.error) == ("queued", 0, "waiting for series 7")
+    assert plant.queue.claim(2) is None  # not before 30 s
+
+
+def _raise(error: Exception) -> Callable[[JobContext], object]:
+    def handler(ctx: JobContext) -> object:
+        raise error
+
+    return handler
+
+
+def test_a_non_retryable_error_fails_the_job_at_once_with_its_message(plant: Plant,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = _run_with(plant, monkeypatch, _raise(DicomInputError("not one series", "/in")))
+    job = plant.queue.get(job_id)
+    assert job is not None and (job.state, job.error) == ("failed", "not one series (/in)")
+
+
+def test_a_retryable_error_queues_the_job_again_after_a_backoff(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = _run_with(plant, monkeypatch, _raise(DatasetError("disk full")))
+    job = plant.queue.get(job_id)
+    assert job is not None and (job.state, job.error) == ("queued", "DatasetError: disk full")
+    assert plant.queue.claim(2) is None  # backoff
+
+
+def test_an_unexpected_exception_is_logged_and_retried(plant: Plant, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="orthanc_plugin.worker"):
+        job_id = _run_with(plant, monkeypatch, _raise(KeyError("bug")))
+    job = plant.queue.get(job_id)
+    assert job is not None and job.state == "queued" and job.error == "KeyError: 'bug'"
+    assert any("unexpected error" in record.message and record.exc_info for record in caplog.records)
+
+
+def test_the_heartbeat_keeps_the_lease_of_a_long_job(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
+    expired: list[list[int]] = []
+
+    def slow(ctx: JobContext) -> Outcome:
+        time.sleep(1.0)  # five lease periods of 0.2 s
+        expired.append(ctx.queue.requeue_expired("lease expired"))
+        return Outcome("done")
+
+    job_id = _run_with(plant, monkeypatch, slow, lease_seconds=0.2)
+    job = plant.queue.get(job_id)
+    assert expired == [[]] and job is not None and job.state == "done"
