@@ -8,6 +8,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -28,7 +29,7 @@ def routes(tmp_path: Path) -> Routes:
                   uploads_dir=tmp_path / "uploads", rules_status=lambda: {"digest": "sha256:x"})
 
 
-def _json(response: Response) -> object:
+def _json(response: Response) -> Any:
     return json.loads(response.body)
 
 
@@ -46,12 +47,12 @@ def test_one_job_and_retry(routes: Routes) -> None:
     job_id = routes.queue.enqueue("s-1", "stable", ConvertJob())
     assert routes.job("GET", "abc", None).status == 400
     assert routes.job("GET", "999", None).status == 404
-    assert _json(routes.job("GET", str(job_id), None))["state"] == "queued"  # type: ignore[index]
+    assert _json(routes.job("GET", str(job_id), None))["state"] == "queued"
     assert routes.job("POST", str(job_id), "retry").status == 409  # not finished
     routes.queue.claim(1)
     routes.queue.fail(job_id, "boom", permanent=True)
     retried = routes.job("POST", str(job_id), "retry")
-    assert retried.status == 202 and _json(retried)["state"] == "queued"  # type: ignore[index]
+    assert retried.status == 202 and _json(retried)["state"] == "queued"
 
 
 def test_convert_by_hand_with_derivations(routes: Routes) -> None:
@@ -60,7 +61,7 @@ def test_convert_by_hand_with_derivations(routes: Routes) -> None:
     assert routes.series("POST", "s-1", "convert", body=b'{"derive": ["fa"]}').status == 400
     answer = routes.series("POST", "s-1", "convert", body=b'{"derive": ["seg_mask"]}')
     assert answer.status == 202
-    job = routes.queue.get(_json(answer)["id"])  # type: ignore[index]
+    job = routes.queue.get(_json(answer)["id"])
     assert job is not None and job.params == ConvertJob(derive=("adc",))  # seg_mask is made by adc
 
 
@@ -80,7 +81,7 @@ def test_segmentation_uploads(routes: Routes) -> None:
     answer = routes.series("POST", "s-1", "segmentations", body=_label_map(),
                            get={"labels": '{"1": "tumour"}', "desc": "tumour", "segmentation_type": "LABELMAP"})
     assert answer.status == 202
-    job = routes.queue.get(_json(answer)["id"])  # type: ignore[index]
+    job = routes.queue.get(_json(answer)["id"])
     assert job is not None and isinstance(job.params, SegmentJob)
     assert (job.params.desc, job.params.segmentation_type) == ("tumour", "LABELMAP")
     assert Path(job.params.labelmap).read_bytes()[:2] == b"\x1f\x8b" and Path(str(job.params.labels)).is_file()

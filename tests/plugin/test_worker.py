@@ -19,7 +19,7 @@ from tests.plugin.conftest import Plant
 
 def _run_with(plant: Plant, monkeypatch: pytest.MonkeyPatch, handler: Callable[[JobContext], object],
               **options: float) -> int:
-    monkeypatch.setitem(worker.HANDLERS, "convert", handler)  # type: ignore[arg-type]
+    monkeypatch.setattr(worker, "HANDLERS", {**worker.HANDLERS, "convert": handler})
     job = plant.claim("s1")
     worker.run_job(job, plant.queue, plant.orthanc, plant.settings, plant.rules, **options)
     return job.id
