@@ -23,14 +23,18 @@ written                    8 (converted some but not all files) and 10 (incomple
 11 (nothing to convert)
 3, 5, 6, 7, 9, 12, any     :class:`~converters.errors.Dcm2niixError`: the environment failed
 other, a timeout           (folders, permissions, the binary, options), worth retrying
+any, and dcm2niix says it  :class:`~converters.errors.Dcm2niixError` (retried): the disk is at
+could not write (or exit   fault, not the data — checked first, so a full disk never passes for
+!= 0 on a full disk)       unreadable data
 =========================  ===================================================================
 
 A successful run's warnings are dcm2niix's ``Warning:`` (and ``Error:``) lines, duplicates
-collapsed, plus bidsbridge's own remarks: a partial conversion, an image without JSON sidecar
-(returned with empty metadata), files dcm2niix wrote that bidsbridge does not use (anything but
-``.nii.gz``/``.json``/``.bval``/``.bvec`` of an image, and ``_ROI``/``_Raw``/``_PS`` images
-without sidecar; they are left out). dcm2niix's messages name the series' own files, not the
-staged links.
+collapsed (one message about many files is given once, with the count), plus bidsbridge's own
+remarks: a partial conversion (with dcm2niix's reason when it gives one, such as duplicates
+removed), an image without JSON sidecar (returned with empty metadata), files dcm2niix wrote that
+bidsbridge does not use (anything but ``.nii.gz``/``.json``/``.bval``/``.bvec`` of an image, and
+``_ROI``/``_Raw``/``_PS`` images without sidecar; they are left out). dcm2niix's messages name the
+series' own files, not the staged links.
 """
 
 from __future__ import annotations
@@ -88,6 +92,15 @@ _TAIL_LINES = 3
 _CONVERTED = re.compile(r"^Convert (\d+) DICOM as ", re.MULTILINE)
 _VERSION = re.compile(r"version (v\d[\w.]*)")
 _MESSAGE = re.compile(r"(?:Warning|Error):")
+#: A message that ends with the path of the file it is about: (message, path).
+_ABOUT_FILE = re.compile(r"^(.*\S)\s+(/\S+)$")
+#: dcm2niix's line saying it dropped files (not a Warning: line), e.g. "1 images have identical
+#: time, series, acquisition and instance values. DUPLICATES REMOVED."
+_DROPPED = re.compile(r"^.*DUPLICATES REMOVED.*$", re.MULTILINE)
+#: dcm2niix's words for an output it could not write (a full or read-only disk, not the data).
+_WRITE_FAILED = re.compile(r"Unable to write|\(disk full\?\)|Unable to create|unable to save", re.IGNORECASE)
+#: Free space (bytes) under which a failed run is blamed on the disk rather than on the data.
+_NEARLY_FULL = 1 << 20
 #: Postfix parts of auxiliary images (overlays, Philips raw data and presentation states), with
 #: dcm2niix's letter for name clashes; without a sidecar such an image is left out.
 _AUXILIARY = re.compile(r"(?:ROI\d+|Raw|PS)[a-z]?")
@@ -144,8 +157,15 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
 
 
 def _messages(output: str) -> tuple[str, ...]:
-    """dcm2niix's ``Warning:`` and ``Error:`` lines, duplicates collapsed."""
-    return _unique(line for line in (raw.strip() for raw in output.splitlines()) if _MESSAGE.match(line))
+    """dcm2niix's ``Warning:`` and ``Error:`` lines, duplicates collapsed; a message it repeats
+    for many files (ending with the file's path) is given once, with the number of other files."""
+    groups: dict[str, list[str]] = {}
+    for line in _unique(line for line in (raw.strip() for raw in output.splitlines()) if _MESSAGE.match(line)):
+        about = _ABOUT_FILE.match(line)
+        groups.setdefault(about.group(1) if about else line, []).append(line)
+    return tuple(
+        lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more files)" for lines in groups.values()
+    )
 
 
 def _details(output: str) -> tuple[str, ...]:
@@ -157,6 +177,14 @@ def _details(output: str) -> tuple[str, ...]:
     return tuple(lines[-_TAIL_LINES:])
 
 
+def _nearly_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
+
+
 def _meaning(code: int) -> str:
     return _EXIT_MEANINGS.get(code, "undocumented exit code")
 
@@ -166,7 +194,9 @@ def _image(out: Path, nifti: Path, sidecar: Path | None, source: Path) -> Conver
     metadata: dict[str, Any] = {}
     if sidecar is not None:
         try:
-            metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+            # dcm2niix copies header text as it is: control characters unescaped (strict=False
+            # accepts them), and bytes that are not UTF-8 (a wrong SpecificCharacterSet; replaced).
+            metadata = json.loads(sidecar.read_bytes().decode("utf-8", errors="replace"), strict=False)
         except (OSError, ValueError) as exc:
             raise ConversionError(f"dcm2niix wrote an unreadable sidecar {sidecar.name} for {source}: {exc}") from exc
     bval = out / f"{OUTPUT_NAME}{postfix}.bval"
@@ -242,15 +272,20 @@ def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = 
     try:
         proc = subprocess.run(
             command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,  # one stream: Warning: (stdout) and Error: (stderr) lines as flushed
+            # Two pipes: dcm2niix buffers stdout (Warning: lines) but not stderr (Error: lines), so
+            # one shared pipe would splice an Error: line into the middle of a Warning: line (the
+            # order between the two is lost either way; stdout is read first).
+            capture_output=True,
             text=True,
             errors="replace",
             timeout=DCM2NIIX_TIMEOUT,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        partial = "\n".join(
+            stream.decode(errors="replace") if isinstance(stream, bytes) else stream or ""
+            for stream in (exc.stdout, exc.stderr)
+        )
         output = _unstage(partial.strip(), stage, files, where)
         raise Dcm2niixError(where, -1, f"{output}\n(timed out after {DCM2NIIX_TIMEOUT:g} s)") from exc
     except OSError as exc:
@@ -258,8 +293,12 @@ def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = 
             f"cannot run dcm2niix at {dcm2niix_binary()} ({exc}); reinstall the dcm2niix package"
         ) from exc
     code = proc.returncode
-    output = _unstage(proc.stdout.strip(), stage, files, where)
+    output = _unstage(f"{proc.stdout}\n{proc.stderr}".strip(), stage, files, where)
     logger.debug("dcm2niix output for %s (exit %d):\n%s", where, code, output)
+    blames_data = code in _USABLE_EXITS or code in _UNREADABLE_EXITS  # (other codes are retried anyway)
+    if blames_data and (_WRITE_FAILED.search(output) or (code != 0 and _nearly_full(out))):
+        raise Dcm2niixError(where, code, f"{output}\n(dcm2niix could not write its output into {out}: the disk is "
+                                         "full or not writable; the series is retried, its data is not at fault)")
     if code in _UNREADABLE_EXITS:
         raise UnreadableDataError(where, code, _details(output))
     if code not in _USABLE_EXITS:
@@ -279,5 +318,6 @@ def run_dcm2niix(files: Sequence[Path], workdir: Path, *, source: Path | None = 
     converted = sum(int(n) for n in _CONVERTED.findall(output))
     if converted < len(files):  # (one enhanced file may feed several outputs, hence "<")
         logger.warning("dcm2niix used %d of the %d DICOM files of %s:\n%s", converted, len(files), where, output)
-        warnings.append(f"dcm2niix used {converted} of the {len(files)} DICOM files of {where}")
+        why = "".join(f" ({line})" for line in _unique(found.strip() for found in _DROPPED.findall(output)))
+        warnings.append(f"dcm2niix used {converted} of the {len(files)} DICOM files of {where}{why}")
     return Dcm2niixRun(images=images, warnings=_unique(warnings), exit_code=code, files_used=converted)

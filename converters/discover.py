@@ -2,24 +2,30 @@
 
 Every file under the folder ends up somewhere: in a series, or as an :class:`UnusableFile`
 with the reason. A file that claims to be DICOM (``DICM`` marker, or a DICOM-like name such as
-``IM0001``, ``x.dcm``, ``1.3.12.2.43``) but cannot be read completely is *damaged* and fails the
-series it belongs to — by its own SeriesInstanceUID when its header is readable, else every series
-with files in the same folder. Files that are plainly something else (``.txt``, ``.json``,
-``.nii``, hidden files, DICOMDIR, duplicate instances) are *foreign*: reported, never converted.
+``IM0001``, ``x.dcm``, ``1.3.12.2.43``) but cannot be read completely — or is an image without
+pixel data, or a classic MR image without the ImagePositionPatient/ImageOrientationPatient that
+place its slice — is *damaged* and fails the series it belongs to: by its own SeriesInstanceUID
+when its header is readable, else every series with files in the same folder. Files that are
+plainly something else (``.txt``, ``.json``, ``.nii``, hidden files, DICOMDIR, duplicate instances)
+are *foreign*: reported, never converted. Header values that cannot be read as what they should be
+(an InstanceNumber ``1e400``, a StudyDate ``/etc``) count as absent.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from converters.records import DicomSeries, Inventory, UnusableFile
@@ -34,6 +40,11 @@ logger = logging.getLogger(__name__)
 DICOM_EXTENSIONS = frozenset({"", ".dcm", ".dicom", ".dic", ".dc3", ".ima"})
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+#: Image Plane attributes a classic (single-frame) MR image must have, and their number of values.
+_GEOMETRY = (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6))
+_DATE = re.compile(r"[0-9]{8}")
+_TIME = re.compile(r"[0-9]{2}(?:[0-9]{2}){0,2}(?:\.[0-9]*)?")
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
@@ -79,31 +90,71 @@ def _dicom_like_name(path: Path) -> bool:
     return suffix in DICOM_EXTENSIONS or suffix[1:].isdigit()
 
 
+def _value(ds: Dataset, keyword: str) -> Any:
+    """The element's value, or None when it is absent or pydicom cannot convert it (an IS or DS
+    such as ``1e400`` or ``abc`` raises on access)."""
+    try:
+        return ds.get(keyword)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
+    """The element as text; several values joined by ``\\`` as DICOM writes them."""
+    value = _value(ds, keyword)
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value).strip()
+    return str(value).strip()
 
 
 def _integer(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+    value = _value(ds, keyword)
     if value is None or str(value).strip() == "":
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _numbers(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    """The element's ``count`` finite numbers, or None when it is absent or holds anything else."""
+    value = _value(ds, keyword)
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in (value if isinstance(value, MultiValue | list | tuple) else [value]))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
+        return None
+    return numbers
+
+
+def _study_date(ds: Dataset) -> str:
+    """StudyDate as ``YYYYMMDD`` (ASCII digits), or "" for anything else."""
+    date = _text(ds, "StudyDate")
+    return date if _DATE.fullmatch(date) else ""
+
+
+def _study_time(ds: Dataset) -> str:
+    """StudyTime as ``HH[MM[SS[.ffffff]]]`` (ASCII digits), or "" for anything else."""
+    time = _text(ds, "StudyTime")
+    return time if _TIME.fullmatch(time) else ""
 
 
 def _bids_datetime(date: str, time: str) -> str:
     """``YYYYMMDD`` + ``HHMMSS[.ffffff]`` -> ``YYYY-MM-DDThh:mm:ss[.ffffff]``, or "" if unusable."""
     date = date.strip()
     time = time.strip()
-    if len(date) != 8 or not date.isdigit():
+    if not _DATE.fullmatch(date):
         return ""
     whole, _, fraction = time.partition(".")
-    if len(whole) < 6 or not whole[:6].isdigit():
+    if len(whole) < 6 or not whole[:6].isascii() or not whole[:6].isdigit():
         return ""
-    fraction = "".join(ch for ch in fraction if ch.isdigit())[:6]
+    fraction = "".join(ch for ch in fraction if "0" <= ch <= "9")[:6]
     stamp = f"{date[:4]}-{date[4:6]}-{date[6:8]}T{whole[:2]}:{whole[2:4]}:{whole[4:6]}"
     return f"{stamp}.{fraction}" if fraction else stamp
 
@@ -129,7 +180,6 @@ def _hints(ds: Dataset, study_uid: str, image_type: tuple[str, ...]) -> Acquisit
         )
         for item in ds.get("RelatedSeriesSequence") or ()
     )
-    orientation = ds.get("ImageOrientationPatient")
     return AcquisitionHints(
         study_uid=study_uid,
         image_type=image_type,
@@ -137,7 +187,7 @@ def _hints(ds: Dataset, study_uid: str, image_type: tuple[str, ...]) -> Acquisit
         protocol_name=_text(ds, "ProtocolName"),
         series_description=_text(ds, "SeriesDescription"),
         series_time=_text(ds, "SeriesTime"),
-        orientation=() if orientation is None else tuple(float(v) for v in orientation),
+        orientation=_numbers(ds, "ImageOrientationPatient", 6) or (),
         rows=_text(ds, "Rows"),
         columns=_text(ds, "Columns"),
     )
@@ -188,7 +238,7 @@ def _pixel_damage(fp: BinaryIO, ds: Dataset, size: int) -> tuple[bool, str | Non
         needed = (
             int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames * int(ds.BitsAllocated) // 8
         )
-    except (AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError, OverflowError):
         return True, None
     if group == 0x7FE0 and element == 0x0010 and length + 1 < needed:
         return True, f"pixel data holds {length} bytes but Rows x Columns x frames needs {needed}"
@@ -227,6 +277,13 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
         )
     if not has_pixels and damage is None and "Image Storage" in UID(sop_class).name:
         damage = f"{UID(sop_class).name} without pixel data (truncated?)"
+    if damage is None and sop_class == _MR_IMAGE_STORAGE:
+        unplaced = [keyword for keyword, count in _GEOMETRY if _numbers(ds, keyword, count) is None]
+        if unplaced:
+            damage = (
+                f"MR Image Storage without a usable {' or '.join(unplaced)} (required, Type 1): "
+                "its slice cannot be placed in space"
+            )
     image_type = ds.get("ImageType")
     if image_type is None:
         types: tuple[str, ...] = ()
@@ -246,8 +303,8 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
         protocol_name=_text(ds, "ProtocolName"),
         modality=_text(ds, "Modality"),
         sop_class_uid=sop_class,
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
+        study_date=_study_date(ds),
+        study_time=_study_time(ds),
         acquisition_time=_acquisition_time(ds),
         image_type=types,
         has_pixels=has_pixels,

@@ -74,9 +74,29 @@ def _subject(series: DicomSeries, subject: str | None, labels: Labels, root: Pat
         raise DicomInputError(f"{_name(series)}: {exc}") from exc
 
 
+#: Files named per reason in a message about damaged files (the rest are counted).
+_NAMED_FILES = 3
+
+
+def _describe_damage(problems: Sequence[UnusableFile]) -> str:
+    """``path: reason`` per damaged file; files with one reason together (the first few named, the
+    rest counted), so that a series of 500 files missing one attribute gives one short line."""
+    by_reason: dict[str, list[Path]] = {}
+    for problem in problems:
+        by_reason.setdefault(problem.reason, []).append(problem.path)
+    listed = []
+    for reason, paths in by_reason.items():
+        if len(paths) == 1:
+            listed.append(f"{paths[0]}: {reason}")
+            continue
+        named = ", ".join(str(path) for path in paths[:_NAMED_FILES])
+        more = f" and {len(paths) - _NAMED_FILES} more" if len(paths) > _NAMED_FILES else ""
+        listed.append(f"{len(paths)} files ({named}{more}): {reason}")
+    return "; ".join(listed)
+
+
 def _damage_message(series: DicomSeries) -> str:
-    listed = "; ".join(problem.describe() for problem in series.problems)
-    return f"{_name(series)} has damaged files: {listed}"
+    return f"{_name(series)} has damaged files: {_describe_damage(series.problems)}"
 
 
 def _bold_file(staging: Path, index: int, image: ConvertedImage) -> tuple[Path, dict[str, Any]]:
@@ -305,7 +325,7 @@ def convert_series(
     for series in inventory.series:
         damaged.extend(series.problems)
     if damaged:
-        listed = "; ".join(item.describe() for item in damaged)
+        listed = _describe_damage(damaged)
         raise DicomInputError(f"damaged or non-DICOM files: {listed}", damaged[0].path)
     if not inventory.series:
         raise DicomInputError("no DICOM instances found", dicom_dir)

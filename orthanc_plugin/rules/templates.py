@@ -56,7 +56,9 @@ def _ascii(text: str) -> str:
 
 
 def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    # "surrogatepass": a lone surrogate (Orthanc's JSON may escape one, "\ud800") hashes instead of
+    # raising; every other text hashes as its UTF-8 bytes.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 #: Filter name -> function (applied left to right). ``hash``: first 12 hex digits of SHA-256,

@@ -328,7 +328,8 @@ def test_corrupt_dicom_exit_4_is_unreadable(fake: FakeDcm2niix, dicom: list[Path
     with pytest.raises(UnreadableDataError) as caught:
         _run(dicom, tmp_path)
     assert caught.value.returncode == 4
-    assert caught.value.details == (f"Error: corrupt pixel data {dicom[1]}", "Warning: giving up")
+    # stdout (Warning:) is read before stderr (Error:): the two are separate pipes
+    assert caught.value.details == ("Warning: giving up", f"Error: corrupt pixel data {dicom[1]}")
 
 
 def test_unreadable_without_messages_gives_the_last_lines(
@@ -338,6 +339,32 @@ def test_unreadable_without_messages_gives_the_last_lines(
     with pytest.raises(UnreadableDataError) as caught:
         _run(dicom, tmp_path)
     assert caught.value.details == ("Found 3 DICOM file(s)", "Unable to decode JPEG.", "Giving up")
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    ("Error: Unable to write BIDS sidecar {out}/series.json (disk full?)", 1),
+    ("Error: Unable to write {out}/series.nii.gz (disk full?)", 0),
+    ("Error: Unable to create {out}/series.bval", 1),
+])
+def test_an_output_dcm2niix_could_not_write_is_the_disk_not_the_data(
+    line: str, code: int, fake: FakeDcm2niix, dicom: list[Path], tmp_path: Path
+) -> None:
+    # seen in the fault campaign: a full disk once passed for "unreadable image data" (skipped for good)
+    fake.program(lines=["Found 3 DICOM file(s)", line.replace("{out}", str(tmp_path / "work" / "nifti"))],
+                 exit_code=code)
+    with pytest.raises(Dcm2niixError) as caught:
+        _run(dicom, tmp_path)
+    assert not isinstance(caught.value, UnreadableDataError) and caught.value.retryable
+    assert "the disk is full or not writable" in caught.value.output
+
+
+def test_a_failed_run_on_a_full_disk_is_the_disk(fake: FakeDcm2niix, dicom: list[Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.program(lines=["Found 3 DICOM file(s)", "Warning: nothing to stack"], exit_code=1)
+    monkeypatch.setattr(conversion, "_nearly_full", lambda folder: True)
+    with pytest.raises(Dcm2niixError) as caught:
+        _run(dicom, tmp_path)
+    assert not isinstance(caught.value, UnreadableDataError)
 
 
 @pytest.mark.parametrize("code", [0, 1, 8, 10])
