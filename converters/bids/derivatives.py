@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from converters.bids.atomic import copy_file_atomic, write_bytes_atomic
 from converters.bids.dataset import BIDS_VERSION
 from converters.bids.manifests import dataset_lock, series_outputs
 from converters.bids.naming import sanitize_label
@@ -60,20 +58,6 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _copy_atomic(source: Path, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, path)
-
-
 def _dump(value: Any) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -82,7 +66,7 @@ def _ensure_description(root: Path) -> None:
     path = root / "dataset_description.json"
     if path.exists():
         return
-    _write_atomic(path, _dump({
+    write_bytes_atomic(path, _dump({
         "Name": "bidsbridge derivatives",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
@@ -135,14 +119,14 @@ def publish_derivatives(
                     raise DatasetError(f"derivative suffix {image.suffix!r} is not BIDS alphanumeric")
                 name = f"{stem}{desc}_{image.suffix}"
                 target = root / folder / f"{name}.nii.gz"
-                _copy_atomic(image.nifti, target)
+                copy_file_atomic(image.nifti, target)
                 sidecar = dict(image.sidecar)
                 if raw_source is not None:
                     sidecar.setdefault("Sources", [f"bids:raw:{raw_source}"])
-                _write_atomic(root / folder / f"{name}.json", _dump(sidecar))
+                write_bytes_atomic(root / folder / f"{name}.json", _dump(sidecar))
                 written += [f"{folder}/{name}.nii.gz", f"{folder}/{name}.json"]
                 if image.table is not None:
-                    _copy_atomic(image.table, root / folder / f"{name}.tsv")
+                    copy_file_atomic(image.table, root / folder / f"{name}.tsv")
                     written.append(f"{folder}/{name}.tsv")
             relative = sorted(f"derivatives/{DERIVATIVES_NAME}/{p}" for p in written)
             manifest = _manifest(dataset_root, f"{source_series_uid}\0{derivation}")
@@ -151,7 +135,7 @@ def publish_derivatives(
                 previous = list(json.loads(manifest.read_text(encoding="utf-8")).get("outputs", []))
             for stale in set(previous) - set(relative):
                 (dataset_root / stale).unlink(missing_ok=True)
-            _write_atomic(manifest, _dump({"series_uid": source_series_uid, "derivation": derivation,
+            write_bytes_atomic(manifest, _dump({"series_uid": source_series_uid, "derivation": derivation,
                                            "outputs": relative}))
     except OSError as exc:
         raise DatasetError(f"cannot write derivatives under {root}: {exc}") from exc

@@ -14,9 +14,8 @@ Layout:
   subject labels of series without a usable PatientID (:meth:`converters.labels.Labels.resolve_subject`),
   see :func:`dataset_secret`.
 
-Files are written atomically (temporary file + :func:`os.replace`) so readers never see half a file.
-The underscored helpers here (:func:`_write_text`, :func:`_remove_empty_parents`,
-:func:`_sweep_stale_staging`) are shared with the sibling modules of :mod:`converters.bids` only.
+Files are written atomically (:mod:`converters.bids.atomic`) so readers never see half a file.
+:func:`_remove_empty_parents` is shared with the sibling modules of :mod:`converters.bids` only.
 """
 
 from __future__ import annotations
@@ -30,13 +29,13 @@ import os
 import secrets
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converters.bids.atomic import owner_is_gone, owner_tag
 from converters.bids.session import ImageRecord, SeriesEntry
 from converters.errors import DatasetError
 
@@ -55,6 +54,7 @@ __all__ = [
     "read_manifest",
     "read_manifests",
     "series_outputs",
+    "sweep_staging",
 ]
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def dataset_secret(root: Path) -> bytes:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            temporary = folder / f".{SECRET_NAME}.{uuid.uuid4().hex}.tmp"
+            temporary = folder / f".{SECRET_NAME}.{owner_tag()}.tmp"
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w", encoding="ascii") as handle:
                 handle.write(secrets.token_hex(32) + "\n")
@@ -229,8 +229,9 @@ def dataset_secret(root: Path) -> bytes:
 
 
 def make_staging_dir(root: Path) -> Path:
-    """A new private folder under ``.bidsbridge/tmp`` (same file system as the dataset)."""
-    folder = _bookkeeping(root) / "tmp" / uuid.uuid4().hex
+    """A new private folder under ``.bidsbridge/tmp`` (same file system as the dataset), named
+    ``<host>-<pid>-<random>`` so that the folders of a killed process can be told and removed."""
+    folder = _bookkeeping(root) / "tmp" / owner_tag()
     try:
         folder.mkdir(parents=True)
     except OSError as exc:
@@ -243,24 +244,18 @@ def discard_staging(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _sweep_stale_staging(root: Path) -> None:
+def sweep_staging(root: Path) -> None:
+    """Remove staging folders of processes that died (killed mid-conversion) and any older than
+    :data:`STALE_STAGING_SECONDS` (other hosts' on a shared dataset, older versions')."""
     folder = _bookkeeping(root) / "tmp"
     limit = time.time() - STALE_STAGING_SECONDS
     for entry in folder.iterdir() if folder.is_dir() else ():
         try:
-            if entry.stat().st_mtime < limit:
+            if owner_is_gone(entry.name) or entry.stat().st_mtime < limit:
                 logger.warning("removing staging folder %s left by a crashed conversion", entry)
                 shutil.rmtree(entry, ignore_errors=True)
         except FileNotFoundError:
             continue
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and :func:`os.replace` so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def _remove_empty_parents(root: Path, path: Path) -> None:

@@ -16,17 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from converters.bids.atomic import write_text_atomic
 from converters.bids.dataset import dump_json
 from converters.bids.manifests import (
     SeriesManifest,
     _remove_empty_parents,
-    _sweep_stale_staging,
-    _write_text,
     dataset_lock,
     discard_staging,
     make_staging_dir,
     manifest_path,
     read_manifests,
+    sweep_staging,
 )
 from converters.bids.naming import session_prefix
 from converters.bids.session import LINK_KEYS, ImageRecord, Slot, layout, links
@@ -190,7 +190,7 @@ def _settle(
     # Claim every new name before the first rename: if this process dies half-way, the next
     # publish finds the names owned (not foreign) and completes or replaces them.
     for claim in claims:
-        _write_text(manifest_path(root, claim.series_uid), dump_json(claim.to_json()))
+        write_text_atomic(manifest_path(root, claim.series_uid), dump_json(claim.to_json()))
 
     for stale in sorted(mine - new_mine):
         (root / stale).unlink(missing_ok=True)
@@ -203,7 +203,7 @@ def _settle(
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(image.files[ext], destination)
     for manifest in updated:
-        _write_text(manifest_path(root, manifest.series_uid), dump_json(manifest.to_json()))
+        write_text_atomic(manifest_path(root, manifest.series_uid), dump_json(manifest.to_json()))
         manifests[manifest.series_uid] = manifest
 
     # Field-map links: B0FieldIdentifier / B0FieldSource / IntendedFor, recomputed for the session.
@@ -217,7 +217,7 @@ def _settle(
         wanted = {k: v for k, v in current.items() if k not in LINK_KEYS}
         wanted.update({key: fields[key] for key in LINK_KEYS if key in fields})
         if wanted != current or list(wanted) != list(current):
-            _write_text(path, dump_json(wanted))
+            write_text_atomic(path, dump_json(wanted))
 
 
 def _move_study(
@@ -355,7 +355,7 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                 _refresh_scans(root, subject, touched_session, manifests)
             _refresh_participants(root, manifests)
             _ensure_dataset_files(root, dcm2niix_version)
-            _sweep_stale_staging(root)
+            sweep_staging(root)
     except OSError as exc:
         if isinstance(exc, DatasetError):
             raise

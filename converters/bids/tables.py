@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from converters.bids.atomic import sweep_temporaries, write_text_atomic
 from converters.bids.dataset import (
     changes_text,
     dataset_description,
@@ -21,7 +22,7 @@ from converters.bids.dataset import (
     readme_text,
     render_tsv,
 )
-from converters.bids.manifests import SeriesManifest, _remove_empty_parents, _write_text, dataset_lock
+from converters.bids.manifests import SeriesManifest, _remove_empty_parents, dataset_lock, sweep_staging
 from converters.bids.naming import scans_path, session_prefix
 from converters.errors import DatasetError
 
@@ -55,7 +56,7 @@ def _refresh_scans(root: Path, subject: str, session: str | None, manifests: Map
             path.unlink()
             _remove_empty_parents(root, path)
         return
-    _write_text(path, render_tsv(columns, (rows[name] for name in sorted(rows))))
+    write_text_atomic(path, render_tsv(columns, (rows[name] for name in sorted(rows))))
 
 
 #: participants.tsv columns bidsbridge fills from the headers, in this order.
@@ -101,7 +102,7 @@ def _refresh_participants(root: Path, manifests: Mapping[str, SeriesManifest]) -
         if path.exists():
             path.unlink()
         return
-    _write_text(path, render_tsv(columns, (rows[p] for p in sorted(rows))))
+    write_text_atomic(path, render_tsv(columns, (rows[p] for p in sorted(rows))))
     sidecar_path = root / "participants.json"
     try:
         described = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
@@ -113,15 +114,18 @@ def _refresh_participants(root: Path, manifests: Mapping[str, SeriesManifest]) -
         if column in ours and column not in wanted:
             wanted[column] = ours[column]
     if wanted != described or not sidecar_path.exists():
-        _write_text(sidecar_path, dump_json(wanted))
+        write_text_atomic(sidecar_path, dump_json(wanted))
 
 
 def ensure_dataset(root: Path, dcm2niix_version: str) -> None:
     """Make ``root`` a BIDS dataset (its dataset-level files) under the dataset lock, whatever is
-    converted into it later: a dataset never exists without ``dataset_description.json``."""
+    converted into it later: a dataset never exists without ``dataset_description.json``. Also
+    removes what killed conversions left: staging folders and temporary files."""
     try:
         with dataset_lock(root):
             _ensure_dataset_files(root, dcm2niix_version)
+            sweep_staging(root)
+            sweep_temporaries(root)
     except OSError as exc:
         if isinstance(exc, DatasetError):
             raise
@@ -131,8 +135,8 @@ def ensure_dataset(root: Path, dcm2niix_version: str) -> None:
 def _ensure_dataset_files(root: Path, dcm2niix_version: str) -> None:
     """Create dataset_description.json, README.md and CHANGES when missing; never overwrite the user's."""
     if not (root / "dataset_description.json").exists():
-        _write_text(root / "dataset_description.json", dump_json(dataset_description(dcm2niix_version)))
+        write_text_atomic(root / "dataset_description.json", dump_json(dataset_description(dcm2niix_version)))
     if not any((root / name).exists() for name in ("README", "README.md", "README.rst", "README.txt")):
-        _write_text(root / "README.md", readme_text())
+        write_text_atomic(root / "README.md", readme_text())
     if not (root / "CHANGES").exists():
-        _write_text(root / "CHANGES", changes_text())
+        write_text_atomic(root / "CHANGES", changes_text())
