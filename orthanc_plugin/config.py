@@ -12,6 +12,12 @@ Keys (all optional unless stated):
 ``StateDirectory``   **required**. Directory of the durable job queue (SQLite, WAL mode).
 ``Workers``          number of worker processes; default = number of cores.
 ``MaxAttempts``      attempts before a job is marked failed; default 3.
+``RetryBaseSeconds`` wait after a job's first failed attempt (seconds, default 2); each further
+``RetryMaxSeconds``  attempt waits twice as long, at most ``RetryMaxSeconds`` (default 300),
+                     less up to a quarter at random. Orthanc unreachable costs no attempt.
+``WorkerMemoryMB``   address-space limit of each worker and its dcm2niix (MiB, default 16384;
+                     0 = none): a series that needs more fails with that reason instead of
+                     starving the host.
 ``JobTimeout``       seconds a job may run before its worker is killed and the job retried;
                      default 1800.
 ``Python``           interpreter that runs the workers (the project's venv); default: the venv
@@ -21,10 +27,11 @@ Keys (all optional unless stated):
 ``RestUsername``     user for the REST API when the plugin cannot mint a token (with
 ``RestPasswordFile`` a file holding the password). By default the workers authenticate with
                      ``orthanc.GenerateRestApiAuthorizationToken()``.
-``CatchUp``          ``"since-last-run"`` (default): at start, queue the series that became
-                     stable while the plugin was not running, from Orthanc's ``/changes`` log
-                     (on the very first start, nothing older is queued); ``"all"``: also on the
-                     first start, every stable series in the log; ``"none"``.
+``CatchUp``          ``"since-last-run"`` (default): at start, queue the series of Orthanc's
+                     ``/changes`` log no job covers — stable while the plugin was not running,
+                     or still receiving when Orthanc stopped (:mod:`.catch_up`); on the very
+                     first start, nothing older is queued; ``"all"``: also on the first start,
+                     every series in the log; ``"none"``.
 ``Subject`` /        fixed subject/session labels (default: from PatientID / StudyDate).
 ``Session``
 ``Rules``            routing-rules YAML file (absolute path), checked at start and reloaded live
@@ -32,12 +39,28 @@ Keys (all optional unless stated):
 ``Datasets``         more BIDS datasets rules may route to: ``{"name": "/abs/dir"}``;
                      ``default`` is ``BidsRoot``.
 ``Destinations``     XNAT servers by alias (see :mod:`xnat_container.destinations`).
+``Writers``          Orthanc user names (keys of ``RegisteredUsers``) allowed to change state
+                     through the REST API (``POST`` retry / convert / segmentations; others get
+                     403); ``[]``: nobody. Default (absent): every caller Orthanc authenticated.
+                     Reads stay open to every authenticated caller; the plugin's own workers
+                     (their minted token) always count as writers. Needs Orthanc to check
+                     passwords (``AuthenticationEnabled: true``) or ``UserHeader``.
+``UserHeader``       with Orthanc's *authorization plugin*: its token header (the only entry of
+                     ``Authorization.TokenHttpHeaders``, no ``TokenGetArguments``) when the token
+                     *is* the user name; its value is then matched against ``Writers``. Used
+                     only once ``GET /plugins`` lists ``authorization`` (else ignored, logged).
+                     Opaque tokens (JWT, orthanc-auth-service) are not supported: with
+                     orthanc-python 4.0 the plugin cannot ask whose token it is (``RestApiGet``
+                     and ``HttpGet`` send no caller headers, so the authorization plugin's
+                     ``GET /auth/user/profile`` cannot be called on the caller's behalf); let
+                     the authorization service refuse ``POST /bidsbridge/...`` itself.
 ===================  ========================================================================
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +99,19 @@ class PluginConfig:
     datasets: dict[str, Path] | None = None
     #: The ``Destinations`` section as given (parsed where it is used).
     destinations: dict[str, Any] | None = None
+    #: Backoff of retried attempts (``RetryBaseSeconds``, ``RetryMaxSeconds``).
+    retry_base: float = 2.0
+    retry_cap: float = 300.0
+    #: ``WorkerMemoryMB``: address-space limit of a worker (MiB); 0 = none.
+    worker_memory_mb: int = 16384
+    #: ``Writers``: who may change state through the REST API; None = every authenticated caller.
+    writers: tuple[str, ...] | None = None
+    #: ``UserHeader`` (lower-cased): the authorization plugin's token header naming the caller.
+    user_header: str | None = None
+    #: Orthanc checks HTTP Basic passwords (``AuthenticationEnabled``), so Basic user names are true.
+    basic_auth: bool = False
+    #: Orthanc's own ``StableAge`` (seconds without a new instance before a series is stable).
+    stable_age: float = 60.0
 
     def dataset_roots(self) -> dict[str, Path]:
         return dict(self.datasets or {"default": self.bids_root})
@@ -91,6 +127,9 @@ _KNOWN_KEYS = {
     "Workers",
     "MaxAttempts",
     "JobTimeout",
+    "RetryBaseSeconds",
+    "RetryMaxSeconds",
+    "WorkerMemoryMB",
     "Python",
     "OrthancUrl",
     "RestUsername",
@@ -98,6 +137,8 @@ _KNOWN_KEYS = {
     "CatchUp",
     "Subject",
     "Session",
+    "Writers",
+    "UserHeader",
 }
 
 
@@ -246,6 +287,76 @@ def _rules_and_destinations(section: dict[str, Any]) -> tuple[Path | None, dict[
     return None if rules is None else Path(rules), destinations
 
 
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _basic_auth(orthanc_config: dict[str, Any]) -> bool:
+    """Whether Orthanc checks HTTP Basic passwords: only then is a Basic user name who the caller is.
+
+    Orthanc >= 1.5.8 turns authentication on when ``RemoteAccessAllowed`` is true and
+    ``AuthenticationEnabled`` is not given.
+    """
+    enabled = orthanc_config.get("AuthenticationEnabled")
+    if enabled is None:
+        enabled = orthanc_config.get("RemoteAccessAllowed", False)
+    return enabled is True and bool(orthanc_config.get("RegisteredUsers"))
+
+
+def _user_header(section: dict[str, Any], orthanc_config: dict[str, Any]) -> str | None:
+    """``UserHeader``: accepted only as the authorization plugin's one token header (it checks it)."""
+    name = _optional_str(section, "UserHeader")
+    if name is None:
+        return None
+    header = name.strip().lower()
+    if not _HEADER_NAME.fullmatch(header):
+        raise ConfigError(f"{_key('UserHeader')} must be an HTTP header name, not {name!r}")
+    if header == "authorization":
+        raise ConfigError(f"{_key('UserHeader')}: Authorization is Orthanc's own (HTTP Basic) header; "
+                          "its user name is read without this setting")
+    authorization = orthanc_config.get("Authorization")
+    authorization = authorization if isinstance(authorization, dict) else {}
+    tokens = authorization.get("TokenHttpHeaders") or []
+    tokens = [str(t).lower() for t in tokens] if isinstance(tokens, list) else []
+    if header not in tokens:
+        raise ConfigError(f"{_key('UserHeader')}: {name!r} must be the token header of Orthanc's authorization "
+                          "plugin (Authorization.TokenHttpHeaders), whose web service checks it; a header "
+                          "nobody checks could be sent by anyone")
+    if len(tokens) != 1 or authorization.get("TokenGetArguments"):
+        raise ConfigError(f"{_key('UserHeader')}: {name!r} must be the authorization plugin's only token "
+                          f'(Authorization.TokenHttpHeaders: ["{header}"] and no TokenGetArguments): that plugin '
+                          f"grants a request when any one of its tokens is valid, so another token would let "
+                          f"{name!r} be forged")
+    return header
+
+
+def _access(section: dict[str, Any], orthanc_config: dict[str, Any]) -> tuple[tuple[str, ...] | None, str | None, bool]:
+    """``Writers`` and ``UserHeader``, checked against Orthanc's own authentication settings."""
+    basic_auth = _basic_auth(orthanc_config)
+    user_header = _user_header(section, orthanc_config)
+    raw = section.get("Writers")
+    if raw is None:
+        return None, user_header, basic_auth
+    if not (isinstance(raw, list) and all(isinstance(name, str) and name.strip() for name in raw)):
+        raise ConfigError(f"{_key('Writers')} must be a list of Orthanc user names (RegisteredUsers), not {raw!r}")
+    writers = tuple(dict.fromkeys(raw))
+    if writers and not basic_auth and user_header is None:
+        raise ConfigError(f"{_key('Writers')} names users, but Orthanc authenticates nobody: set "
+                          "AuthenticationEnabled to true with RegisteredUsers (or use BidsBridge.UserHeader "
+                          "with the authorization plugin)")
+    users = orthanc_config.get("RegisteredUsers")
+    if isinstance(users, dict) and user_header is None:
+        unknown = [name for name in writers if name not in users]
+        if unknown:
+            raise ConfigError(f"{_key('Writers')}: {unknown[0]!r} is not one of RegisteredUsers "
+                              f"({', '.join(sorted(users)) or 'none'})")
+    return writers, user_header, basic_auth
+
+
+def _stable_age(orthanc_config: dict[str, Any]) -> float:
+    return read_number(orthanc_config, "StableAge", 60.0, 0.0, key="StableAge (Orthanc's own setting)",
+                       error=ConfigError)
+
+
 def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
     """Validate Orthanc's whole configuration (as JSON) and return the plugin's settings."""
     section = _section(orthanc_config)
@@ -256,6 +367,7 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
     bids_root = _directory(section, "BidsRoot")
     datasets = _datasets(section, bids_root)
     rules, destinations = _rules_and_destinations(section)
+    writers, user_header, basic_auth = _access(section, orthanc_config)
     return PluginConfig(
         enabled=_bool(section, "Enabled", True),
         bids_root=bids_root,
@@ -263,6 +375,9 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         workers=_int(section, "Workers", os.cpu_count() or 1, 1),
         max_attempts=_int(section, "MaxAttempts", 3, 1),
         job_timeout=_number(section, "JobTimeout", 1800.0, 1.0),
+        retry_base=_number(section, "RetryBaseSeconds", 2.0, 0.0),
+        retry_cap=_number(section, "RetryMaxSeconds", 300.0, 0.0),
+        worker_memory_mb=_int(section, "WorkerMemoryMB", 16384, 0),
         python=python,
         orthanc_url=orthanc_url,
         rest_username=username,
@@ -273,4 +388,8 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         rules_path=rules,
         datasets=datasets,
         destinations=destinations,
+        writers=writers,
+        user_header=user_header,
+        basic_auth=basic_auth,
+        stable_age=_stable_age(orthanc_config),
     )

@@ -80,6 +80,9 @@ class EmbeddedOrthanc:
     calling_aets: tuple[str, ...] = ()
     #: Extra top-level Orthanc settings (e.g. ``OrthancPeers``), merged last.
     orthanc: dict[str, Any] = field(default_factory=dict)
+    #: (user, password) of one of ``RegisteredUsers`` when ``orthanc`` turns ``AuthenticationEnabled``
+    #: on (it is off by default: loopback only); used by the start-up check and the test harness.
+    http_auth: tuple[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -166,7 +169,7 @@ class EmbeddedOrthanc:
                     f"Orthanc exited with code {self.process.returncode}; see {self.log_path}:\n{self.log_tail()}"
                 )
             try:
-                if requests.get(f"{self.url}/system", timeout=2).ok:
+                if requests.get(f"{self.url}/system", auth=self.http_auth, timeout=2).ok:
                     return
             except requests.RequestException:
                 pass

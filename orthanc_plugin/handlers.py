@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -54,7 +55,7 @@ from .jobs import (
 from .push_stage import push
 from .rest_client import OrthancApi
 from .routing_stage import RoutingError, RulesSnapshot, SeriesInfo, decide, fetch_series_info, forward
-from .rules import Decision
+from .rules import Decision, PlannedConvert
 from .worker_settings import WorkerSettings
 
 __all__ = ["ACQUISITION_POLL_SECONDS", "ACQUISITION_WAIT_SECONDS", "HANDLERS", "Handler", "JobContext"]
@@ -171,13 +172,37 @@ def _convert_into(ctx: JobContext, decision: Decision) -> dict[str, DatasetConve
     conversions: dict[str, DatasetConversion] = {}
     for plan in decision.converts:
         root = roots[plan.dataset]
-        result = convert_series(ctx.dicom_dir, root, subject=plan.subject or ctx.settings.subject,
-                                session=plan.session or ctx.settings.session,
-                                overrides=[plan.override] if plan.override is not None else ())
+        result = _convert_one(ctx, root, plan)
         if result.state == "failed":
             raise ConversionError(result.reason or f"the conversion of series {ctx.job.series} failed")
         conversions[plan.dataset] = DatasetConversion(str(root), result)
     return conversions
+
+
+def _in_orthanc_terms(text: str, dicom_dir: Path, series: str) -> str:
+    """``text`` naming Orthanc's instances and series instead of the job's scratch copies
+    (``<scratch>/dicom/[<series>/]<instance>.dcm``, deleted when the job ends)."""
+    copies = re.compile(re.escape(str(dicom_dir)) + r"/(?:[0-9a-f-]{44}/)?([0-9a-f-]{44})\.dcm")
+    text = copies.sub(lambda found: f"Orthanc instance {found.group(1)}", text)
+    return text.replace(str(dicom_dir), f"Orthanc series {series}")
+
+
+def _convert_one(ctx: JobContext, root: Path, plan: PlannedConvert) -> SeriesResult:
+    """One conversion; its messages (and errors) in Orthanc's terms."""
+    def plain(text: str) -> str:
+        return _in_orthanc_terms(text, ctx.dicom_dir, ctx.job.series)
+
+    try:
+        result = convert_series(ctx.dicom_dir, root, subject=plan.subject or ctx.settings.subject,
+                                session=plan.session or ctx.settings.session,
+                                overrides=[plan.override] if plan.override is not None else ())
+    except BidsBridgeError as exc:
+        message = plain(str(exc))
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from exc
+    return replace(result, reason=None if result.reason is None else plain(result.reason),
+                   notes=tuple(plain(note) for note in result.notes))
 
 
 def _derivations(decision: Decision, params: ConvertJob) -> list[DerivationName]:

@@ -27,16 +27,31 @@ Guarantees every implementation gives:
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from typing import Protocol
 
 from .jobs import Deferred, Job, JobParams, JobState, Outcome
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "MAX_BACKOFF_SECONDS", "JobQueue"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "JobQueue", "RetryPolicy"]
 
 #: How long a claim holds without a heartbeat (seconds).
 DEFAULT_LEASE_SECONDS = 60.0
-#: Longest wait between two attempts of a job (seconds).
-MAX_BACKOFF_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed attempt is tried again: ``base * 2**(attempts - 1)`` seconds, at most ``cap``,
+    less up to a quarter at random (jitter: retries of many jobs do not arrive in step).
+    Configured by ``BidsBridge.RetryBaseSeconds`` / ``RetryMaxSeconds``."""
+
+    base: float = 2.0
+    cap: float = 300.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt."""
+        exponent = min(max(attempts - 1, 0), 62)
+        return min(self.cap, self.base * 2.0**exponent) * random.uniform(0.75, 1.0)
 
 
 class JobQueue(Protocol):
@@ -45,8 +60,10 @@ class JobQueue(Protocol):
     max_attempts: int
 
     # -- producers -------------------------------------------------------------------------
-    def enqueue(self, series: str, trigger: str, params: JobParams, *, max_attempts: int | None = None) -> int:
-        """Queue a job for ``series`` unless the same one is queued already; return its id."""
+    def enqueue(self, series: str, trigger: str, params: JobParams, *, max_attempts: int | None = None,
+                delay: float = 0.0) -> int:
+        """Queue a job for ``series`` unless the same one is queued already; return its id.
+        ``delay``: seconds before it may run (a job found queued keeps its own time)."""
 
     def retry(self, job_id: int) -> Job | None:
         """Put a finished job back with a fresh attempt budget; the job, or None if unknown."""
@@ -58,14 +75,16 @@ class JobQueue(Protocol):
     def heartbeat(self, job_id: int, worker: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> bool:
         """Renew the lease; False if the job is no longer this worker's (requeued meanwhile)."""
 
-    def finish(self, job_id: int, outcome: Outcome) -> None:
-        """Record a finished job (``done`` or ``skipped``) with its result."""
+    def finish(self, job_id: int, outcome: Outcome, *, worker: int | None = None) -> bool:
+        """Record a finished job (``done`` or ``skipped``) with its result; with ``worker``, only if
+        the job is still that worker's (False: it was requeued meanwhile, nothing recorded)."""
 
-    def fail(self, job_id: int, reason: str, *, permanent: bool = False, retry_after: float | None = None) -> JobState:
-        """Record a failed attempt: ``failed`` if permanent or out of attempts, else ``queued``
-        again after ``retry_after`` seconds (default: exponential backoff with jitter)."""
+    def fail(self, job_id: int, reason: str, *, permanent: bool = False, retry_after: float | None = None,
+             worker: int | None = None) -> JobState:
+        """Record a failed attempt in the job's history: ``failed`` if permanent or out of attempts,
+        else ``queued`` again after ``retry_after`` seconds (default: the :class:`RetryPolicy`)."""
 
-    def defer(self, job_id: int, deferred: Deferred) -> None:
+    def defer(self, job_id: int, deferred: Deferred, *, worker: int | None = None) -> None:
         """Put the job back to wait, the attempt not counted."""
 
     def release(self, job_id: int) -> None:
@@ -73,10 +92,11 @@ class JobQueue(Protocol):
 
     # -- supervision -----------------------------------------------------------------------
     def requeue_worker(self, worker: int | None, reason: str, *, count_attempt: bool = True) -> list[int]:
-        """Jobs left running by a dead worker (None: by any) go back; their ids."""
+        """Jobs left running by a dead worker (None: by any) go back; their ids. A counted attempt
+        is kept in the history and waits its backoff like any failure."""
 
     def requeue_expired(self, reason: str) -> list[int]:
-        """Running jobs whose lease expired go back (the attempt counts); their ids."""
+        """Running jobs whose lease expired go back (the attempt counts, with backoff); their ids."""
 
     # -- readers ---------------------------------------------------------------------------
     def get(self, job_id: int) -> Job | None: ...

@@ -46,6 +46,7 @@ __all__ = [
     "JOB_STATES",
     "PARAMETERS",
     "TERMINAL_STATES",
+    "Attempt",
     "ConvertJob",
     "ConvertResult",
     "DatasetConversion",
@@ -319,6 +320,19 @@ class Deferred:
 # -- the job record -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One failed attempt of a job, as its history keeps it."""
+
+    attempt: int
+    #: When it ended (epoch seconds).
+    at: float
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "at": _iso(self.at), "reason": self.reason}
+
+
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
@@ -348,6 +362,8 @@ class Job:
     finished_at: float | None
     #: Until when the claiming worker holds the job (renewed by its heartbeat).
     lease_until: float | None = None
+    #: Every failed attempt with its reason, oldest first (not only the last one in ``error``).
+    history: tuple[Attempt, ...] = ()
 
     @property
     def waiting_since(self) -> float | None:
@@ -381,4 +397,5 @@ class Job:
             "updated_at": _iso(self.updated_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "history": [attempt.to_json() for attempt in self.history],
         }

@@ -9,28 +9,38 @@ Event handler contract (pynetdicom's notification rule): the change callback *ob
 records work and returns within milliseconds, logs every error and never raises into Orthanc.
 Conversion happens in worker processes (:mod:`orthanc_plugin.supervisor`).
 REST handlers *decide*: they answer with a JSON error and an HTTP status.
+
+Who is calling (:func:`identify_caller`) is read from the headers orthanc-python passes to the
+REST callback (lower-cased names): ``authorization`` holds either the token the plugin minted
+for its workers (``Bearer ...``, always a writer), or HTTP Basic credentials whose user name is
+trusted only when Orthanc checks passwords (``AuthenticationEnabled``); with Orthanc's
+authorization plugin, ``BidsBridge.UserHeader`` may name its token header. Only the user name is
+kept; a password or token is never stored, logged or answered.
 """
 
 from __future__ import annotations
 
-import calendar
+import base64
+import hmac
 import json
 import logging
 import threading
-import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orthanc
 
+from .catch_up import Change, missed_series, orthanc_time
 from .config import ConfigError, PluginConfig, parse_config
+from .job_queue import RetryPolicy
 from .jobs import ConvertJob
-from .routes import Response, Routes
+from .routes import UNIDENTIFIED, Caller, Response, Routes, WritePolicy
 from .rules import SNAPSHOT_NAME, CheckContext, RulesError, RulesHolder
 from .sqlite_queue import SqliteJobQueue
 from .supervisor import Supervisor
 from .worker_settings import WorkerSettings
 
-__all__ = ["BidsBridgePlugin", "install"]
+__all__ = ["BidsBridgePlugin", "identify_caller", "install"]
 
 logger = logging.getLogger("orthanc_plugin")
 
@@ -51,14 +61,6 @@ class _OrthancLogHandler(logging.Handler):
             pass
 
 
-def _change_date_to_epoch(date: str) -> float | None:
-    """Orthanc's change dates look like ``20240131T235959`` (UTC)."""
-    try:
-        return float(calendar.timegm(time.strptime(date[:15], "%Y%m%dT%H%M%S")))
-    except ValueError:
-        return None
-
-
 def _rest_get_json(uri: str) -> Any:
     return json.loads(orthanc.RestApiGet(uri))
 
@@ -76,6 +78,41 @@ def _rules_context(orthanc_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _basic_user(authorization: str) -> str | None:
+    """The user name of an HTTP Basic ``Authorization`` value (the password is dropped at once)."""
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, colon, _ = decoded.partition(":")
+    return user if colon and user else None
+
+
+def identify_caller(headers: Mapping[str, str], *, plugin_token: str | None, basic_auth: bool,
+                    user_header: str | None) -> Caller:
+    """Who sent a request, from its (lower-cased) headers; see the module docstring.
+
+    ``basic_auth``: Orthanc checks Basic passwords, so the user name is true (else anyone could
+    claim one). ``user_header``: the authorization plugin's token header, once that plugin is
+    known to be loaded (it checks the header). The HTTP Basic user comes first.
+    """
+    authorization = headers.get("authorization", "")
+    if plugin_token and hmac.compare_digest(authorization.encode("utf-8"), plugin_token.encode("utf-8")):
+        return Caller.plugin()
+    if basic_auth:
+        user = _basic_user(authorization)
+        if user is not None:
+            return Caller(user, "basic")
+    if user_header:
+        value = headers.get(user_header, "").strip()
+        if value:
+            return Caller(value, "header")
+    return UNIDENTIFIED
+
+
 class BidsBridgePlugin:
     def __init__(self, config: PluginConfig, orthanc_config: dict[str, Any] | None = None) -> None:
         self.config = config
@@ -85,7 +122,8 @@ class BidsBridgePlugin:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.rules = RulesHolder(config.rules_path, context=CheckContext.from_orthanc_config(context),
                                  snapshot=config.state_dir / SNAPSHOT_NAME)
-        self.queue = SqliteJobQueue(config.state_dir, max_attempts=config.max_attempts)
+        self.queue = SqliteJobQueue(config.state_dir, max_attempts=config.max_attempts,
+                                    retry_policy=RetryPolicy(config.retry_base, config.retry_cap))
         authorization = None
         if config.rest_username is None and hasattr(orthanc, "GenerateRestApiAuthorizationToken"):
             authorization = orthanc.GenerateRestApiAuthorizationToken()
@@ -104,6 +142,9 @@ class BidsBridgePlugin:
                 datasets={name: str(root) for name, root in config.dataset_roots().items()},
                 rules_context=context,
                 destinations=config.destinations,
+                retry_base=config.retry_base,
+                retry_cap=config.retry_cap,
+                memory_mb=config.worker_memory_mb,
             ),
             queue=self.queue,
             workers=config.workers,
@@ -111,9 +152,14 @@ class BidsBridgePlugin:
             authorization=authorization,
             log=lambda message: logger.warning("%s", message.removeprefix("bidsbridge: ")),
         )
+        self._plugin_token = authorization
+        #: ``UserHeader`` once the authorization plugin is seen loaded (at start); until then, ignored.
+        self._user_header: str | None = None
+        writers = None if config.writers is None else frozenset(config.writers)
         self.routes = Routes(self.queue, config.bids_root, self._series_exists, self._status,
                              uploads_dir=config.state_dir / "uploads",
-                             rules_status=lambda: self.rules.status().to_dict())
+                             rules_status=lambda: self.rules.status().to_dict(),
+                             write_policy=WritePolicy(writers))
         self._started = False
 
     # -- events ----------------------------------------------------------------------------
@@ -138,6 +184,7 @@ class BidsBridgePlugin:
         resumed = self.queue.requeue_worker(None, "Orthanc restarted during the job", count_attempt=False)
         if resumed:
             logger.warning("resuming %d job(s) left running when Orthanc stopped: %s", len(resumed), resumed)
+        self._user_header = self._authorization_plugin_header()
         self.supervisor.start()
         self.rules.start()
         threading.Thread(target=self._catch_up, name="bidsbridge-catch-up", daemon=True).start()
@@ -150,42 +197,65 @@ class BidsBridgePlugin:
         self.rules.stop()
         self.supervisor.stop()
 
+    def _authorization_plugin_header(self) -> str | None:
+        """``UserHeader``, if Orthanc's authorization plugin (which checks that header) is loaded."""
+        header = self.config.user_header
+        if header is None:
+            return None
+        try:
+            loaded = _rest_get_json("/plugins")
+        except Exception:
+            loaded = []
+        if "authorization" in loaded:
+            return header
+        logger.error("BidsBridge.UserHeader %r is ignored: Orthanc's authorization plugin is not loaded "
+                     "(GET /plugins), so nothing checks that header; only BidsBridge.Writers that log in "
+                     "with HTTP Basic can change state", header)
+        return None
+
     def _catch_up(self) -> None:
-        """Queue the series that became stable while the plugin was not listening."""
+        """Queue the series nobody converted while the plugin was not listening (:mod:`.catch_up`)."""
         try:
             mode = self.config.catch_up
             if mode == "none":
                 return
             cursor = self.queue.get_meta(CURSOR_KEY)
+            end = int(_rest_get_json("/changes?last")["Last"])  # later changes: the live callbacks
             if cursor is None and mode == "since-last-run":
-                last = int(_rest_get_json("/changes?last")["Last"])
-                self.queue.set_meta(CURSOR_KEY, str(last))
+                self.queue.set_meta(CURSOR_KEY, str(end))
                 logger.warning("first start: series already stable in Orthanc are not converted "
                                "(set CatchUp to \"all\" or POST /bidsbridge/series/{id}/convert)")
                 return
-            since = int(cursor or 0)
-            queued = 0
-            while True:
-                page = _rest_get_json(f"/changes?since={since}&limit=1000")
-                for change in page["Changes"]:
-                    if change["ChangeType"] == "StableSeries" and self._missed(change):
-                        self.queue.enqueue(change["ID"], "catch-up", ConvertJob())
-                        queued += 1
-                since = int(page["Last"])
-                self.queue.set_meta(CURSOR_KEY, str(since))
-                if page["Done"]:
-                    break
-            if queued:
-                logger.warning("catch-up: %d series that became stable while the plugin was down queued", queued)
+            missed = missed_series(self._changes(int(cursor or 0), end), last_update=self._last_update,
+                                   newest_job=self.queue.newest_job_time, stable_age=self.config.stable_age)
+            for item in missed:
+                self.queue.enqueue(item.series, "catch-up", ConvertJob(), delay=item.delay)
+                logger.warning("catch-up: series %s %s; queued", item.series, item.why)
+            self.queue.set_meta(CURSOR_KEY, str(end))
         except Exception:
             logger.exception("catch-up from Orthanc's /changes failed")
 
-    def _missed(self, change: dict[str, Any]) -> bool:
-        when = _change_date_to_epoch(str(change.get("Date", "")))
-        newest = self.queue.newest_job_time(change["ID"])
-        if newest is not None and (when is None or newest >= when - 1):
-            return False  # a job was created at or after this change
-        return self._series_exists(change["ID"])
+    @staticmethod
+    def _changes(since: int, end: int) -> Iterator[Change]:
+        while since < end:
+            page = _rest_get_json(f"/changes?since={since}&limit=1000")
+            for entry in page["Changes"]:
+                if int(entry["Seq"]) > end:
+                    return
+                change = Change.from_orthanc(entry)
+                if change is not None:
+                    yield change
+            if page["Done"] or int(page["Last"]) <= since:
+                return
+            since = int(page["Last"])
+
+    @staticmethod
+    def _last_update(series_id: str) -> float | None:
+        try:
+            series = _rest_get_json(f"/series/{series_id}")
+        except Exception:
+            return None  # deleted since
+        return orthanc_time(str(series.get("LastUpdate", ""))) or 0.0
 
     # -- REST ------------------------------------------------------------------------------
 
@@ -210,28 +280,34 @@ class BidsBridgePlugin:
         except Exception as exc:
             logger.exception("REST %s failed", uri)
             response = Response.error(500, f"{exc.__class__.__name__}: {exc}")
+        if response.status == 403:
+            logger.warning("refused %s %s: %s", request.get("method", "GET"), uri,
+                           json.loads(response.body).get("error"))
         _answer(output, response)
 
     def _dispatch(self, uri: str, request: dict[str, Any]) -> Response:
         method = str(request.get("method", "GET"))
         get = dict(request.get("get") or {})
+        headers = {str(k).lower(): str(v) for k, v in (request.get("headers") or {}).items()}
+        caller = identify_caller(headers, plugin_token=self._plugin_token, basic_auth=self.config.basic_auth,
+                                 user_header=self._user_header)
         parts = [part for part in uri.split("/") if part][1:]  # drop "bidsbridge"
         match parts:
             case ["jobs"]:
                 return self.routes.jobs(method, get)
             case ["jobs", job_id]:
-                return self.routes.job(method, job_id, None)
+                return self.routes.job(method, job_id, None, caller)
             case ["jobs", job_id, action]:
-                return self.routes.job(method, job_id, action)
+                return self.routes.job(method, job_id, action, caller)
             case ["series", series_id, action]:
-                headers = {str(k).lower(): str(v) for k, v in (request.get("headers") or {}).items()}
                 body = request.get("body") or b""
                 # orthanc-python 4.0 passes no query arguments with a POST: accept them as headers too.
                 options = {key: headers[f"x-bidsbridge-{key.replace('_', '-')}"]
                            for key in ("labels", "desc", "segmentation_type")
                            if f"x-bidsbridge-{key.replace('_', '-')}" in headers}
                 return self.routes.series(method, series_id, action, body=body if isinstance(body, bytes) else b"",
-                                          content_type=headers.get("content-type", ""), get={**options, **get})
+                                          content_type=headers.get("content-type", ""), get={**options, **get},
+                                          caller=caller)
             case ["status"]:
                 return self.routes.status_route(method)
             case ["rules"]:
@@ -247,6 +323,8 @@ def _answer(output: Any, response: Response) -> None:
             output.SetHttpHeader("Content-Disposition", 'attachment; filename="nifti.zip"')
         output.AnswerBuffer(response.body, response.content_type)
     else:
+        if response.body:  # SendHttpStatus names no content type itself: the JSON error says what it is
+            output.SetHttpHeader("Content-Type", response.content_type)
         _send_status(output, response.status, response.body)
 
 

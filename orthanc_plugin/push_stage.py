@@ -1,7 +1,9 @@
 """Worker stage: deliver a converted series (and its derived DICOM objects) to an XNAT project.
 
 A push is a job of its own in the durable queue (kind ``push``), queued by the conversion job
-when a rule says ``push_xnat``: delivery failures never redo the conversion.  Errors are sorted
+when a rule says ``push_xnat``: delivery failures never redo the conversion. It delivers the
+series' whole BIDS session, so that what a later series changed in the session (field-map links
+in earlier sidecars, run renumbering) reaches XNAT with it.  Errors are sorted
 by :mod:`xnat_container.errors`: retryable ones (XNAT down, timeouts, 5xx, a file that differs
 after upload) come back with exponential backoff and jitter; 401/403 and refused requests fail at
 once with their message.  Credentials live in the destination (environment or secret file) and
@@ -44,8 +46,11 @@ def push(job: PushJob, destinations: Mapping[str, Any] | None, client: OrthancAp
             path = Path(tmp) / f"derived-{index}.dcm"
             path.write_bytes(client.get_bytes(f"/instances/{instance}/file"))
             derived.append(path)
+        # The whole BIDS session, not only this series: publishing a series may have changed the
+        # sidecars of others (field-map links) or renamed them (runs); files XNAT already holds
+        # identically are not sent again.
         return push_session(
             known[job.server], job.project, Path(job.dataset_root), job.bids_subject, job.bids_session,
-            series_outputs={job.series_uid: job.outputs}, derived=derived,
+            series_outputs=None, derived=derived,
             subject_label=job.subject or None, session_label=job.session or None,
         )

@@ -15,7 +15,7 @@ import requests
 
 from converters.errors import BidsBridgeError
 
-__all__ = ["OrthancApi", "OrthancError", "OrthancRestClient", "SeriesNotFound"]
+__all__ = ["OrthancApi", "OrthancError", "OrthancRestClient", "OrthancUnreachable", "SeriesNotFound"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,11 @@ class OrthancError(BidsBridgeError, RuntimeError):
     """Orthanc answered with an error or could not be reached: retried later."""
 
     retryable = True
+
+
+class OrthancUnreachable(OrthancError):
+    """Orthanc does not answer at all (stopped, restarting, gone). Not the job's fault: the worker
+    gives the job back without spending an attempt and stops claiming (see :mod:`.worker`)."""
 
 
 class SeriesNotFound(OrthancError):
@@ -64,12 +69,22 @@ class OrthancRestClient:
     def close(self) -> None:
         self._session.close()
 
+    def reachable(self) -> bool:
+        """Orthanc answers ``GET /system`` (any status counts: it is there)."""
+        try:
+            self._session.get(f"{self.url}/system", timeout=min(self.timeout, 5.0))
+        except requests.RequestException:
+            return False
+        return True
+
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """One call; connection problems, 401/403 and 5xx become :class:`OrthancError`."""
         try:
             response = self._session.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise OrthancUnreachable(f"cannot reach Orthanc at {self.url}: {exc.__class__.__name__}") from exc
         except requests.RequestException as exc:
-            raise OrthancError(f"cannot reach Orthanc at {self.url}: {exc.__class__.__name__}") from exc
+            raise OrthancError(f"cannot talk to Orthanc at {self.url}: {exc.__class__.__name__}") from exc
         if response.status_code in (401, 403):
             raise OrthancError(f"Orthanc refused {path} ({response.status_code}): check the plugin's REST credentials")
         return response

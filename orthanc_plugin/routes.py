@@ -1,6 +1,9 @@
 """REST routes under ``/bidsbridge/``; they decide, so errors become clear HTTP answers.
 
-Orthanc's own authentication applies (routes are registered through the plugin SDK).
+Orthanc's own authentication applies (routes are registered through the plugin SDK): every
+route answers only callers Orthanc authenticated. On top of it, the three ``POST`` routes change
+state and answer 403 unless :class:`WritePolicy` lets the :class:`Caller` write
+(``BidsBridge.Writers``; absent = every authenticated caller may). Reads stay open.
 
 ========================================  ==========================================================
 ``GET  /bidsbridge/jobs``                 jobs, newest first (``?state=``, ``?series=``, ``?limit=``)
@@ -41,13 +44,17 @@ from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .derivations import DERIVATION_NAMES
 from .job_queue import JobQueue
 from .jobs import JOB_STATES, TERMINAL_STATES, ConvertJob, JobState, SegmentationType, SegmentJob
 
-__all__ = ["Response", "Routes"]
+__all__ = ["UNIDENTIFIED", "Caller", "Response", "Routes", "WritePolicy"]
+
+#: How the caller was identified: an HTTP Basic user Orthanc checked, the authorization plugin's
+#: token header (``BidsBridge.UserHeader``), the token the plugin minted for its own workers, or not.
+CallerSource = Literal["basic", "header", "plugin", "unidentified"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,53 @@ class Response:
         return cls.json({"error": message, "status": status}, status)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, as far as Orthanc vouches for it. Holds a user name, never a secret."""
+
+    name: str | None = None
+    source: CallerSource = "unidentified"
+
+    @classmethod
+    def plugin(cls) -> Caller:
+        """The plugin's own workers (the token ``GenerateRestApiAuthorizationToken`` minted)."""
+        return cls(None, "plugin")
+
+    def describe(self) -> str:
+        if self.source == "plugin":
+            return "the plugin's own workers"
+        if self.name is None:
+            return "a caller Orthanc authenticated but who is not identified (no HTTP Basic user)"
+        if self.source == "header":  # the value is the authorization plugin's token: never repeated
+            return "the caller named by the BidsBridge.UserHeader token"
+        return f"user {self.name!r}"
+
+
+UNIDENTIFIED = Caller()
+
+
+@dataclass(frozen=True)
+class WritePolicy:
+    """Who may change state: ``writers`` None lets every authenticated caller (Orthanc checked them).
+
+    The plugin's own workers always may: their token already opens all of Orthanc's REST API.
+    """
+
+    writers: frozenset[str] | None = None
+
+    def allows(self, caller: Caller) -> bool:
+        if self.writers is None or caller.source == "plugin":
+            return True
+        return caller.name is not None and caller.name in self.writers
+
+    def refusal(self, caller: Caller, action: str) -> Response | None:
+        """None when ``caller`` may do ``action``, else the 403 answer that says why."""
+        if self.allows(caller):
+            return None
+        return Response.error(403, f"{caller.describe()} may not {action}: changing state is reserved to "
+                                   "BidsBridge.Writers (reading stays open)")
+
+
 class Routes:
     def __init__(
         self,
@@ -76,8 +130,10 @@ class Routes:
         *,
         uploads_dir: Path | None = None,
         rules_status: Callable[[], dict[str, Any]] | None = None,
+        write_policy: WritePolicy | None = None,
     ) -> None:
         self.rules_status = rules_status
+        self.write_policy = write_policy or WritePolicy()
         self.queue = queue
         self.bids_root = bids_root
         self.uploads_dir = uploads_dir
@@ -100,7 +156,7 @@ class Routes:
                                limit=max(1, min(limit, 10000)), offset=max(0, offset))
         return Response.json([job.to_dict() for job in jobs])
 
-    def job(self, method: str, job_id: str, action: str | None) -> Response:
+    def job(self, method: str, job_id: str, action: str | None, caller: Caller = UNIDENTIFIED) -> Response:
         if not job_id.isdigit():
             return Response.error(400, f"job id must be a number, not {job_id!r}")
         if action is None:
@@ -111,6 +167,9 @@ class Routes:
         if action == "retry":
             if method != "POST":
                 return Response(405, b"", allow="POST")
+            refused = self.write_policy.refusal(caller, f"retry job {job_id}")
+            if refused is not None:
+                return refused
             job = self.queue.get(int(job_id))
             if job is None:
                 return Response.error(404, f"no job {job_id}")
@@ -120,8 +179,8 @@ class Routes:
             return Response.json(retried.to_dict() if retried else None, 202)
         return Response.error(404, f"unknown job action {action!r}")
 
-    def series(self, method: str, series_id: str, action: str, *, body: bytes = b"",
-               content_type: str = "", get: Mapping[str, str] | None = None) -> Response:
+    def series(self, method: str, series_id: str, action: str, *, body: bytes = b"", content_type: str = "",
+               get: Mapping[str, str] | None = None, caller: Caller = UNIDENTIFIED) -> Response:
         # action: (the one method it answers, whether Orthanc must hold the series, the answer)
         actions: dict[str, tuple[str, bool, Callable[[], Response]]] = {
             "segmentations": ("POST", True, lambda: self._segmentation(series_id, body, content_type, get or {})),
@@ -133,6 +192,11 @@ class Routes:
         allowed, must_exist, answer = actions[action]
         if method != allowed:
             return Response(405, b"", allow=allowed)
+        if method == "POST":  # checked before the series is looked up: a reader learns nothing more
+            what = {"convert": "queue a conversion", "segmentations": "upload a segmentation"}.get(action, action)
+            refused = self.write_policy.refusal(caller, f"{what} of series {series_id}")
+            if refused is not None:
+                return refused
         if must_exist and not self.series_exists(series_id):
             return Response.error(404, f"Orthanc has no series {series_id}")
         return answer()

@@ -7,7 +7,6 @@ Standard library only (and the job records): this module also runs inside Orthan
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import threading
 import time
@@ -16,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from .job_queue import DEFAULT_LEASE_SECONDS, MAX_BACKOFF_SECONDS
-from .jobs import Deferred, Job, JobKind, JobParams, JobState, Outcome, params_from_json, params_to_json
+from .job_queue import DEFAULT_LEASE_SECONDS, RetryPolicy
+from .jobs import Attempt, Deferred, Job, JobKind, JobParams, JobState, Outcome, params_from_json, params_to_json
 
 __all__ = ["SqliteJobQueue"]
 
@@ -36,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     params TEXT NOT NULL DEFAULT '{}',
     worker_pid INTEGER,
     lease_until REAL,
+    history TEXT NOT NULL DEFAULT '[]',
     not_before REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
@@ -68,6 +68,7 @@ def _job(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         lease_until=row["lease_until"],
+        history=tuple(Attempt(**item) for item in json.loads(row["history"])),
     )
 
 
@@ -76,10 +77,11 @@ class SqliteJobQueue:
 
     FILE_NAME = "queue.sqlite3"
 
-    def __init__(self, state_dir: Path, *, max_attempts: int = 3) -> None:
+    def __init__(self, state_dir: Path, *, max_attempts: int = 3, retry_policy: RetryPolicy | None = None) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / self.FILE_NAME
         self.max_attempts = max_attempts
+        self.retry_policy = retry_policy or RetryPolicy()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -95,6 +97,8 @@ class SqliteJobQueue:
                 db.execute("ALTER TABLE jobs ADD COLUMN params TEXT NOT NULL DEFAULT '{}'")
             if "lease_until" not in columns:  # queue files from before leases
                 db.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
+            if "history" not in columns:  # queue files from before attempt histories
+                db.execute("ALTER TABLE jobs ADD COLUMN history TEXT NOT NULL DEFAULT '[]'")
 
     def close(self) -> None:
         with self._lock:
@@ -113,10 +117,12 @@ class SqliteJobQueue:
 
     # -- producers -------------------------------------------------------------------------
 
-    def enqueue(self, series: str, trigger: str, params: JobParams, *, max_attempts: int | None = None) -> int:
+    def enqueue(self, series: str, trigger: str, params: JobParams, *, max_attempts: int | None = None,
+                delay: float = 0.0) -> int:
         """Queue a job for ``series`` unless the same one is already queued; return the job id."""
         now = time.time()
         encoded = json.dumps(params_to_json(params), sort_keys=True)
+        not_before = now + delay if delay > 0 else 0.0
         with self._transaction() as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE series = ? AND kind = ? AND params = ? AND state = 'queued'"
@@ -127,9 +133,9 @@ class SqliteJobQueue:
                 db.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (now, row["id"]))
                 return int(row["id"])
             cursor = db.execute(
-                "INSERT INTO jobs (series, kind, trigger, state, max_attempts, params, created_at, updated_at)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (series, params.kind, trigger, max_attempts or self.max_attempts, encoded, now, now),
+                "INSERT INTO jobs (series, kind, trigger, state, max_attempts, params, not_before, created_at,"
+                " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (series, params.kind, trigger, max_attempts or self.max_attempts, encoded, not_before, now, now),
             )
             return int(cursor.lastrowid or 0)
 
@@ -175,45 +181,62 @@ class SqliteJobQueue:
             )
         return cursor.rowcount == 1
 
-    def finish(self, job_id: int, outcome: Outcome) -> None:
+    @staticmethod
+    def _owned(worker: int | None) -> tuple[str, tuple[int, ...]]:
+        """The SQL condition that the running job is still ``worker``'s (any worker: None)."""
+        return ("", ()) if worker is None else (" AND worker_pid = ?", (worker,))
+
+    def finish(self, job_id: int, outcome: Outcome, *, worker: int | None = None) -> bool:
         now = time.time()
         result = None if outcome.result is None else outcome.result.to_json()
+        owned, args = self._owned(worker)
         with self._transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET state = ?, outputs = ?, result = ?, error = ?, worker_pid = NULL, lease_until = NULL,"
-                " finished_at = ?, updated_at = ? WHERE id = ? AND state = 'running'",
-                (outcome.state, json.dumps(sorted(outcome.outputs)), _dump(result), outcome.reason, now, now, job_id),
+                f" finished_at = ?, updated_at = ? WHERE id = ? AND state = 'running'{owned}",
+                (outcome.state, json.dumps(sorted(outcome.outputs)), _dump(result), outcome.reason, now, now, job_id,
+                 *args),
             )
+        return cursor.rowcount == 1
 
-    def fail(self, job_id: int, reason: str, *, permanent: bool = False, retry_after: float | None = None) -> JobState:
-        """Record a failed attempt: retried later with backoff, or failed for good."""
+    def fail(self, job_id: int, reason: str, *, permanent: bool = False, retry_after: float | None = None,
+             worker: int | None = None) -> JobState:
+        """Record a failed attempt (kept in the job's history): retried later with backoff, or failed."""
         now = time.time()
+        owned, args = self._owned(worker)
         with self._transaction() as db:
-            row = db.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(
+                f"SELECT attempts, max_attempts, history FROM jobs WHERE id = ? AND state = 'running'{owned}",
+                (job_id, *args),
+            ).fetchone()
             if row is None:
-                return "failed"
+                return "failed" if self.get_state(db, job_id) == "failed" else "queued"
             exhausted = permanent or row["attempts"] >= row["max_attempts"]
             state: JobState = "failed" if exhausted else "queued"
-            # Exponential backoff with jitter (so retries of many jobs do not arrive in step).
-            delay = retry_after
-            if delay is None:
-                delay = min(MAX_BACKOFF_SECONDS, 2.0 ** row["attempts"]) * random.uniform(0.75, 1.0)
+            delay = self.retry_policy.delay(row["attempts"]) if retry_after is None else retry_after
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, result = NULL, worker_pid = NULL, lease_until = NULL,"
-                " not_before = ?, finished_at = ?, updated_at = ? WHERE id = ?",
-                (state, reason, now + delay, now if exhausted else None, now, job_id),
+                " not_before = ?, finished_at = ?, updated_at = ?, history = ? WHERE id = ?",
+                (state, reason, now + delay, now if exhausted else None, now,
+                 _append(row["history"], row["attempts"], now, reason), job_id),
             )
         return state
 
-    def defer(self, job_id: int, deferred: Deferred) -> None:
+    @staticmethod
+    def get_state(db: sqlite3.Connection, job_id: int) -> str | None:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else str(row["state"])
+
+    def defer(self, job_id: int, deferred: Deferred, *, worker: int | None = None) -> None:
         """Put a running job back to wait without counting the attempt."""
         now = time.time()
+        owned, args = self._owned(worker)
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), worker_pid = NULL,"
                 " lease_until = NULL, error = ?, result = ?, not_before = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'running'",
-                (deferred.note, _dump(deferred.to_json()), now + deferred.seconds, now, job_id),
+                f" WHERE id = ? AND state = 'running'{owned}",
+                (deferred.note, _dump(deferred.to_json()), now + deferred.seconds, now, job_id, *args),
             )
 
     def release(self, job_id: int) -> None:
@@ -239,16 +262,19 @@ class SqliteJobQueue:
     def _requeue(self, where: str, args: tuple[Any, ...], reason: str, *, count_attempt: bool) -> list[int]:
         now = time.time()
         with self._transaction() as db:
-            rows = db.execute(f"SELECT id, attempts, max_attempts FROM jobs WHERE {where}", args).fetchall()
+            rows = db.execute(f"SELECT id, attempts, max_attempts, history FROM jobs WHERE {where}", args).fetchall()
             ids = []
             for row in rows:
                 attempts = row["attempts"] if count_attempt else max(row["attempts"] - 1, 0)
                 exhausted = attempts >= row["max_attempts"]
+                # A counted attempt (the worker died with it) waits its backoff like any failure.
+                delay = self.retry_policy.delay(attempts) if count_attempt else 0.0
+                history = _append(row["history"], row["attempts"], now, reason) if count_attempt else row["history"]
                 db.execute(
                     "UPDATE jobs SET state = ?, attempts = ?, error = ?, worker_pid = NULL, lease_until = NULL,"
-                    " finished_at = ?, updated_at = ? WHERE id = ?",
-                    ("failed" if exhausted else "queued", attempts, reason, now if exhausted else None, now,
-                     row["id"]),
+                    " not_before = ?, finished_at = ?, updated_at = ?, history = ? WHERE id = ?",
+                    ("failed" if exhausted else "queued", attempts, reason, now + delay,
+                     now if exhausted else None, now, history, row["id"]),
                 )
                 ids.append(int(row["id"]))
         return ids
@@ -307,6 +333,11 @@ class SqliteJobQueue:
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _append(history: str, attempt: int, at: float, reason: str) -> str:
+    """The stored history with one more failed attempt."""
+    return json.dumps([*json.loads(history), {"attempt": attempt, "at": at, "reason": reason}])
 
 
 def _dump(value: Mapping[str, Any] | None) -> str | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .job_queue import JobQueue
-from .worker_settings import AUTH_ENV, WorkerSettings
+from .worker_settings import AUTH_ENV, PARENT_ENV, WorkerSettings
 
 __all__ = ["Supervisor"]
 
@@ -107,6 +107,7 @@ class Supervisor:
         env.pop("PYTHONPATH", None)
         if self._authorization:
             env[AUTH_ENV] = self._authorization
+        env[PARENT_ENV] = str(os.getpid())
         self._close_log(slot)
         log = open(self._log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115 - lives with the process
         slot.log = log

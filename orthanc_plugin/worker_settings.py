@@ -8,10 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AUTH_ENV", "WorkerSettings"]
+__all__ = ["AUTH_ENV", "PARENT_ENV", "WorkerSettings"]
 
 #: Environment variable carrying the REST ``Authorization`` value (kept out of argv and files).
 AUTH_ENV = "BIDSBRIDGE_ORTHANC_AUTHORIZATION"
+#: Environment variable carrying the pid of the Orthanc that started the worker: a worker whose
+#: parent is another process (Orthanc died before the worker set its parent-death signal) exits.
+PARENT_ENV = "BIDSBRIDGE_ORTHANC_PID"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,11 @@ class WorkerSettings:
     #: ``BidsBridge.Destinations`` as configured (credentials are only named there, never held).
     destinations: dict[str, Any] | None = None
     push_attempts: int = 12
+    #: Backoff of retried attempts (see :class:`~orthanc_plugin.job_queue.RetryPolicy`).
+    retry_base: float = 2.0
+    retry_cap: float = 300.0
+    #: Address-space limit of the worker and its children (MiB); 0 = none.
+    memory_mb: int = 0
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

@@ -22,13 +22,15 @@ class Harness:
 
     def __init__(self, server: EmbeddedOrthanc) -> None:
         self.server = server
+        #: Credentials of the harness's own calls (``EmbeddedOrthanc.http_auth``; None: authentication is off).
+        self.auth = server.http_auth
 
     @property
     def url(self) -> str:
         return self.server.url
 
     def get(self, path: str, **params: Any) -> Any:
-        response = requests.get(f"{self.url}{path}", params=params, timeout=30)
+        response = requests.get(f"{self.url}{path}", params=params, auth=self.auth, timeout=30)
         response.raise_for_status()
         return response.json()
 
@@ -68,7 +70,7 @@ class Harness:
 
     def orthanc_series_id(self, series_uid: str) -> str:
         found = requests.post(
-            f"{self.url}/tools/lookup", data=series_uid, timeout=10
+            f"{self.url}/tools/lookup", data=series_uid, auth=self.auth, timeout=10
         ).json()
         ids = [item["ID"] for item in found if item["Type"] == "Series"]
         assert ids, f"series {series_uid} is not in Orthanc"

@@ -285,6 +285,23 @@ def test_series_arriving_while_plugin_disabled_are_caught_up(
     _one(back.server.bids_root, XA30_REFERENCE["7_func-bold_task-fa_run-1"][0])
 
 
+def test_series_receiving_when_orthanc_is_killed_is_converted_by_the_next_orthanc(
+    orthanc_factory: Callable[..., Harness], corpus: Path
+) -> None:
+    # Orthanc dies (SIGKILL) after the instances are stored but before the series is stable: the
+    # next Orthanc never reports it stable (that list lives in memory); the catch-up queues it.
+    first = orthanc_factory(stable_age=600, bidsbridge={"CatchUp": "since-last-run"})
+    t1w = _xa30_dir(corpus, "5_anat-T1w_acq-tfl")
+    first.send([t1w])
+    series_id = first.orthanc_series_id(series_uid(t1w))
+    assert first.jobs() == []  # not stable yet
+    first.server.kill()
+    back = orthanc_factory(workdir=first.server.workdir, stable_age=1, bidsbridge={"CatchUp": "since-last-run"})
+    jobs = back.wait_all_finished(1, timeout=90)
+    assert jobs[series_id]["state"] == "done" and jobs[series_id]["trigger"] == "catch-up"
+    _one(back.server.bids_root, XA30_REFERENCE["5_anat-T1w_acq-tfl"][0])
+
+
 def test_series_updated_after_conversion_is_reconverted(
     orthanc_factory: Callable[..., Harness], corpus: Path
 ) -> None:

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from converters.records import SeriesResult
-from orthanc_plugin.job_queue import JobQueue
+from orthanc_plugin.job_queue import JobQueue, RetryPolicy
 from orthanc_plugin.jobs import ConvertJob, ConvertResult, Deferred, Outcome, PushJob, SegmentJob
 from orthanc_plugin.sqlite_queue import SqliteJobQueue
 
 #: name -> factory(state folder, max_attempts) of a fresh queue; every call opens a new connection.
 IMPLEMENTATIONS: dict[str, Callable[[Path, int], JobQueue]] = {
-    "sqlite": lambda folder, attempts: SqliteJobQueue(folder, max_attempts=attempts),
+    "sqlite": lambda folder, attempts: SqliteJobQueue(folder, max_attempts=attempts,
+                                                      retry_policy=RetryPolicy(base=30.0, cap=60.0)),
 }
 
 
@@ -95,8 +96,12 @@ def test_failed_attempts_retry_after_a_backoff_then_fail_with_the_reason(opener:
     assert queue.fail(job_id, "boom 2") == "failed"
     failed = queue.get(job_id)
     assert failed is not None and failed.state == "failed" and failed.error == "boom 2"
+    # Every attempt's reason is kept, not only the last.
+    assert [(a.attempt, a.reason) for a in failed.history] == [(1, "boom 1"), (2, "boom 2")]
+    assert failed.to_dict()["history"][0]["reason"] == "boom 1"
     retried = queue.retry(job_id)
     assert retried is not None and retried.state == "queued" and retried.attempts == 0
+    assert len(retried.history) == 2  # a retry by hand keeps the history
 
 
 def test_a_permanent_failure_fails_at_once_and_retry_after_is_honoured(opener: Callable[..., JobQueue]) -> None:
@@ -140,14 +145,41 @@ def test_dead_worker_jobs_are_requeued_and_a_clean_stop_does_not_count(opener: C
     assert queue.requeue_worker(7, "worker died") == [a]
     job_a = queue.get(a)
     assert job_a is not None and job_a.state == "queued" and job_a.attempts == 1
+    assert [h.reason for h in job_a.history] == ["worker died"]
     assert queue.requeue_worker(None, "Orthanc stopped", count_attempt=False) == [b]
     job_b = queue.get(b)
-    assert job_b is not None and job_b.state == "queued" and job_b.attempts == 0
-    # A job that kills its worker max_attempts times is failed with the reason.
+    assert job_b is not None and job_b.state == "queued" and job_b.attempts == 0 and job_b.history == ()
+    # A crashed attempt waits its backoff like any failure; a clean stop does not.
+    claimed = queue.claim(9)
+    assert claimed is not None and claimed.id == b
+    _runnable_now(queue, a)
     queue.claim(9)
+    # A job that kills its worker max_attempts times is failed with the reason.
     queue.requeue_worker(9, "worker died again")
     job_a = queue.get(a)
     assert job_a is not None and job_a.state == "failed" and job_a.error == "worker died again"
+
+
+def test_only_the_worker_holding_a_job_records_its_end(opener: Callable[..., JobQueue]) -> None:
+    queue = opener()
+    job_id = queue.enqueue("s1", "stable", ConvertJob())
+    queue.claim(5)
+    queue.requeue_worker(5, "lease lost")  # meanwhile given to another worker
+    _runnable_now(queue, job_id)
+    assert queue.claim(6) is not None
+    assert not queue.finish(job_id, _done(), worker=5)  # the old worker's late answer is ignored
+    queue.fail(job_id, "late failure", worker=5)
+    job = queue.get(job_id)
+    assert job is not None and (job.state, job.worker_pid) == ("running", 6)
+    assert queue.finish(job_id, _done(), worker=6)
+
+
+def test_the_retry_policy_doubles_the_wait_up_to_its_cap() -> None:
+    policy = RetryPolicy(base=2.0, cap=10.0)
+    for attempts, full in [(1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (30, 10.0)]:
+        delays = [policy.delay(attempts) for _ in range(50)]
+        assert all(0.75 * full <= d <= full for d in delays), (attempts, min(delays), max(delays))
+        assert len(set(delays)) > 1  # jittered
 
 
 def test_a_lease_is_renewed_by_heartbeats_and_an_expired_one_is_taken_back(opener: Callable[..., JobQueue]) -> None:

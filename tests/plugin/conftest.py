@@ -3,6 +3,7 @@ real SQLite queue and real conversions into a temporary dataset."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ class Plant:
 
     def claim(self, series_id: str, params: JobParams | None = None) -> Job:
         self.queue.enqueue(series_id, "stable", params or ConvertJob())
-        job = self.queue.claim(1)
+        job = self.queue.claim(os.getpid())  # as this process's worker would
         assert job is not None and job.series == series_id
         return job
 

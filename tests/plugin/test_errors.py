@@ -33,7 +33,7 @@ from converters.errors import (
 from orthanc_plugin.config import ConfigError
 from orthanc_plugin.derive_stage import SourceNotReady
 from orthanc_plugin.embedded import OrthancSetupError
-from orthanc_plugin.rest_client import OrthancError, SeriesNotFound
+from orthanc_plugin.rest_client import OrthancError, OrthancUnreachable, SeriesNotFound
 from orthanc_plugin.routing_stage import ForwardError, RoutingError
 from orthanc_plugin.rules import RulesError
 from xnat_container.errors import (
@@ -63,6 +63,7 @@ RETRY_DECISIONS: list[tuple[type[BidsBridgeError], bool, str]] = [
     (GeometryMismatchError, False, "a label map on another grid"),
     (LabelTableError, False, "a malformed label table"),
     (OrthancError, True, "Orthanc unreachable or answering 5xx"),
+    (OrthancUnreachable, True, "Orthanc not answering at all (the worker gives the job back, uncounted)"),
     (SeriesNotFound, False, "the series was deleted"),
     (ForwardError, True, "a forward's Orthanc job failed"),
     (SourceNotReady, True, "the series a SEG refers to is not converted yet"),

@@ -5,6 +5,8 @@ keeps the lease while the handler runs."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -14,6 +16,7 @@ from converters.errors import DatasetError, DicomInputError
 from orthanc_plugin import worker
 from orthanc_plugin.handlers import JobContext
 from orthanc_plugin.jobs import Deferred, Outcome
+from orthanc_plugin.rest_client import OrthancUnreachable
 from tests.plugin.conftest import Plant
 
 
@@ -60,6 +63,19 @@ def test_a_retryable_error_queues_the_job_again_after_a_backoff(plant: Plant, mo
     assert plant.queue.claim(2) is None  # backoff
 
 
+def test_orthanc_unreachable_gives_the_job_back_without_spending_an_attempt(
+    plant: Plant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "HANDLERS", {**worker.HANDLERS,
+                                             "convert": _raise(OrthancUnreachable("cannot reach Orthanc"))})
+    job = plant.claim("s1")
+    answered = worker.run_job(job, plant.queue, plant.orthanc, plant.settings, plant.rules)
+    again = plant.queue.get(job.id)
+    assert not answered  # the worker loop then stops claiming
+    assert again is not None and (again.state, again.attempts, again.history) == ("queued", 0, ())
+    assert again.error is not None and "no attempt spent" in again.error
+
+
 def test_an_unexpected_exception_is_logged_and_retried(plant: Plant, monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="orthanc_plugin.worker"):
@@ -67,6 +83,24 @@ def test_an_unexpected_exception_is_logged_and_retried(plant: Plant, monkeypatch
     job = plant.queue.get(job_id)
     assert job is not None and job.state == "queued" and job.error == "KeyError: 'bug'"
     assert any("unexpected error" in record.message and record.exc_info for record in caplog.records)
+
+
+def test_running_out_of_memory_fails_the_job_for_good_naming_the_setting(
+    plant: Plant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = _run_with(plant, monkeypatch, _raise(MemoryError()))
+    job = plant.queue.get(job_id)
+    assert job is not None and job.state == "failed"
+    assert job.error is not None and "BidsBridge.WorkerMemoryMB" in job.error
+
+
+def test_the_memory_limit_reaches_the_worker_and_its_children() -> None:
+    script = ("import resource, subprocess, sys; from orthanc_plugin.worker import _limit_memory; "
+              "_limit_memory(512); "
+              "print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20); "
+              "sys.stdout.flush(); subprocess.run(['sh', '-c', 'ulimit -v'], check=True)")
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert shown == ["512", str(512 * 1024)]  # ulimit -v counts KiB
 
 
 def test_the_heartbeat_keeps_the_lease_of_a_long_job(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
