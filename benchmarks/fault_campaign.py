@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,7 +34,6 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it (logs, dataset, queue)")
     args = parser.parse_args()
-    warnings.simplefilter("ignore", ResourceWarning)  # pynetdicom's sockets on refused associations
     plan = Plan(copies=args.copies, worker_kills=args.worker_kills, orthanc_kills_during_store=1,
                 orthanc_kills_during_conversion=2, xnat_outages=5, disk_full_episodes=1, seed=args.seed,
                 timeout=1800.0)

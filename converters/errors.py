@@ -22,6 +22,7 @@ DatasetError               yes        the dataset cannot be written (disk, permi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
 __all__ = [
     "BidsBridgeError",
@@ -40,6 +41,16 @@ class BidsBridgeError(Exception):
     #: True when trying the same work again later may succeed (a server down, a full disk);
     #: False when only a change of input or configuration helps.
     retryable: bool = False
+
+    def restated(self, message: str) -> Self:
+        """This error (same class, attributes and ``retryable``) saying ``message`` instead; for
+        callers that put a message in their own terms. Subclasses' constructors differ, so the
+        twin is made without calling one."""
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin.args = (message,)
+        twin.__cause__ = self
+        return twin
 
 
 class DicomInputError(BidsBridgeError, ValueError):

@@ -200,7 +200,7 @@ def _convert_one(ctx: JobContext, root: Path, plan: PlannedConvert) -> SeriesRes
         message = plain(str(exc))
         if message == str(exc):
             raise
-        raise type(exc)(message) from exc
+        raise exc.restated(message) from exc
     return replace(result, reason=None if result.reason is None else plain(result.reason),
                    notes=tuple(plain(note) for note in result.notes))
 

@@ -31,7 +31,6 @@ import requests
 from pydicom.uid import generate_uid
 
 from converters import convert_tree
-from orthanc_plugin.dicom_send import send_files
 from orthanc_plugin.embedded import ORTHANC_AET, EmbeddedOrthanc, free_port
 from tests.xnat_emulator import FaultPlan, XnatEmulator
 
@@ -231,24 +230,49 @@ class Campaign:
 
     # -- the actors -----------------------------------------------------------------------
     def send(self, folders: list[Path]) -> None:
-        """A modality that sends every series, again (whole) after any failure."""
+        """A modality that sends every series, again (whole) until Orthanc holds all of it.
+
+        DCMTK's dcmsend, a process of its own like a real modality's sender (a dropped association
+        leaves no socket in this process). Its exit code does not cover every loss (an association
+        cut after the last response), so, as a careful modality would with storage commitment, the
+        sender asks Orthanc afterwards whether it holds every instance."""
         pending = list(folders)
         while pending and not self.stop.is_set():
             folder = pending[0]
             self.sending.set()
             try:
                 files = sorted(p for p in folder.iterdir() if p.is_file())
-                report = send_files(files, "127.0.0.1", self.server.dicom_port, called_aet=ORTHANC_AET)
-                ok = not report.failed
-            except Exception:  # association refused or dropped: Orthanc is down
-                ok = False
+                sent = subprocess.run(
+                    ["dcmsend", "-aet", "BIDSBRIDGE", "-aec", ORTHANC_AET, "127.0.0.1", str(self.server.dicom_port),
+                     *map(str, files)],
+                    capture_output=True, timeout=300, check=False, env={**os.environ, "TCP_NODELAY": "1"},
+                )
+                why = "" if sent.returncode == 0 else f"dcmsend exit {sent.returncode}: " + " ".join(
+                    (sent.stderr or sent.stdout).decode(errors="replace").strip().splitlines()[-1:])
+                if not why and (held := self._held(files)) < len(files):
+                    why = f"Orthanc holds {held} of its {len(files)} instances"
+            except subprocess.TimeoutExpired:
+                why = "dcmsend timed out"
             finally:
                 self.sending.clear()
-            if ok:
+            if not why:
                 pending.pop(0)
             else:
+                self.log(f"campaign: {folder.name} to be sent again ({why})")
                 time.sleep(1.0)
         self.sent.set()
+
+    def _held(self, files: list[Path]) -> int:
+        """How many of ``files`` (one series) Orthanc holds; 0 when it cannot say."""
+        uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        series = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        try:
+            response = requests.post(f"{self.server.url}/tools/find", timeout=10, json={
+                "Level": "Instance", "Query": {"SeriesInstanceUID": series}, "Expand": True})
+            response.raise_for_status()
+        except requests.RequestException:
+            return 0
+        return len(uids & {str(i["MainDicomTags"].get("SOPInstanceUID")) for i in response.json()})
 
     def chaos(self) -> None:
         """The Orthanc, XNAT and disk faults, in a random order, each at a random moment while
@@ -379,6 +403,10 @@ class Campaign:
         found = _files(root)
         self.report.lost = sorted(f"{p} ({'differs' if p in found else 'missing'})" for p, digest in expected.items()
                                   if found.get(p) != digest)
+        for relative in (p for p, digest in expected.items() if p in found and found[p] != digest):
+            kept = self.workdir / "differing" / relative  # for a look with --keep (the tmpfs goes)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / relative, kept)
         self.report.duplicated = sorted(set(found) - set(expected))
         staging = root / ".bidsbridge" / "tmp"
         self.report.orphaned = sorted(str(p.relative_to(root)) for p in staging.rglob("*")) if staging.is_dir() else []

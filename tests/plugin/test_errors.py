@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,14 @@ def test_every_error_of_the_product_is_in_the_tree() -> None:
     assert outside == ["_Refused"], outside
     assert {e for e, _, _ in RETRY_DECISIONS} >= {e for e in exceptions if e.__module__.split(".")[-1] == "errors"
                                                   and issubclass(e, BidsBridgeError) and e is not BidsBridgeError}
+
+
+def test_an_error_restated_keeps_its_class_fields_and_retry_decision(tmp_path: Path) -> None:
+    """Errors whose constructors take more than a message (dcm2niix's) can be put in other terms."""
+    scratch = tmp_path / "dicom"
+    for original in (Dcm2niixError(scratch, 2, f"Error: cannot write {scratch}/x.nii"),
+                     UnreadableDataError(scratch, 2, ("Error: corrupt",))):
+        twin = original.restated(str(original).replace(str(scratch), "Orthanc series abc"))
+        assert type(twin) is type(original) and twin.retryable is original.retryable
+        assert twin.returncode == original.returncode and twin.__cause__ is original
+        assert str(scratch) not in str(twin) and "Orthanc series abc" in str(twin)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from converters.errors import BidsBridgeError
+from converters.errors import BidsBridgeError, Dcm2niixError
+from orthanc_plugin import handlers
 from orthanc_plugin.handlers import handle_convert, handle_push
 from orthanc_plugin.jobs import ConvertJob, ConvertResult, Deferred, Outcome, PushJob
 from orthanc_plugin.routing_stage import RoutingError, RulesSnapshot
@@ -104,3 +105,17 @@ def test_a_push_to_an_unknown_destination_fails_permanently(plant: Plant, run: R
     with pytest.raises(XnatConfigError) as caught:
         run(handle_push, plant.claim("s", push))
     assert isinstance(caught.value, BidsBridgeError) and not caught.value.retryable
+
+
+def test_a_dcm2niix_failure_names_orthanc_not_the_scratch_copy_and_stays_retryable(
+    plant: Plant, run: Run, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(dicom_dir: Path, *_args: object, **_kwargs: object) -> None:
+        raise Dcm2niixError(dicom_dir, 2, f"Error: unable to write {dicom_dir}/out.nii (disk full)")
+
+    monkeypatch.setattr(handlers, "convert_series", failing)
+    (series_id,) = plant.orthanc.add_folder(_series(corpus, "dcm_qa_xa30", "5_"))
+    with pytest.raises(Dcm2niixError) as raised:
+        run(handle_convert, plant.claim(series_id))
+    assert raised.value.retryable and "Orthanc series" in str(raised.value)
+    assert "/dicom" not in str(raised.value)
