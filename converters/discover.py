@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from converters.dicom_header import LONG_VRS, PIXEL_TAGS, UNDEFINED_LENGTH, read_header
 from converters.records import DicomSeries, Inventory, UnusableFile
 from converters.regroup import AcquisitionHints, acquisition_key
 
@@ -46,9 +46,8 @@ _GEOMETRY = (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6))
 _DATE = re.compile(r"[0-9]{8}")
 _TIME = re.compile(r"[0-9]{2}(?:[0-9]{2}){0,2}(?:\.[0-9]*)?")
 _DEFLATED = "1.2.840.10008.1.2.1.99"
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
-_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: The sequences discovery reads (RelatedSeriesSequence); others are walked past unread.
+_SEQUENCES_READ = frozenset({0x00081250})
 
 #: (PatientID, StudyInstanceUID, SeriesInstanceUID)
 _Key = tuple[str, str, str]
@@ -211,12 +210,12 @@ def _pixel_damage(fp: BinaryIO, ds: Dataset, size: int) -> tuple[bool, str | Non
         return False, None
     order = "<" if little_endian else ">"
     group, element = struct.unpack(f"{order}HH", head[:4])
-    if (group << 16 | element) not in _PIXEL_TAGS:
+    if (group << 16 | element) not in PIXEL_TAGS:
         return False, None
     if implicit_vr:
         (length,) = struct.unpack(f"{order}L", head[4:8])
         header_length = 8
-    elif head[4:6] in _LONG_VRS:
+    elif head[4:6] in LONG_VRS:
         if len(head) < 12:
             return True, "truncated inside the pixel data element header"
         (length,) = struct.unpack(f"{order}L", head[8:12])
@@ -225,7 +224,7 @@ def _pixel_damage(fp: BinaryIO, ds: Dataset, size: int) -> tuple[bool, str | Non
         (length,) = struct.unpack(f"{order}H", head[6:8])
         header_length = 8
     start = position + header_length
-    if length == _UNDEFINED_LENGTH:
+    if length == UNDEFINED_LENGTH:
         delimiter = struct.pack(f"{order}HHL", 0xFFFE, 0xE0DD, 0)
         fp.seek(max(start, size - 8))
         if fp.read(8) != delimiter:
@@ -257,7 +256,7 @@ def _read_instance(path: Path) -> _Instance | UnusableFile:
                 return UnusableFile(path, f"not a DICOM file ({path.suffix or 'hidden'} file)", "foreign")
             fp.seek(0)
             try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                ds = read_header(fp, size, sequences=_SEQUENCES_READ)
             except Exception as exc:  # pydicom raises many types on damaged input
                 return UnusableFile(
                     path, f"unreadable DICOM header ({type(exc).__name__}: {exc}) - truncated?", "damaged"

@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 
 from converters.derived.errors import DerivedInputError, GeometryError
 from converters.derived.geometry import SeriesGeometry, build_geometry
+from converters.dicom_header import PIXEL_TAGS
 
 __all__ = [
     "ImageSeries",
@@ -34,10 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Pixel Data, Float Pixel Data, Double Float Pixel Data.
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
-
 
 def functional_item(groups: Sequence[Dataset], keyword: str) -> Dataset | None:
     """First item of sequence ``keyword`` in the first of ``groups`` that has it, else None."""
@@ -113,7 +110,7 @@ class ImageSeries:
         for n, frame in enumerate(self.frames):
             if frame.instance not in decoded:
                 ds = self.datasets[frame.instance]
-                if not any(tag in ds for tag in _PIXEL_TAGS):
+                if not any(tag in ds for tag in PIXEL_TAGS):
                     path = self.paths[frame.instance]
                     raise DerivedInputError(f"{self.name}: instance read without pixel data", path)
                 try:
@@ -164,7 +161,7 @@ def _reference_copy(ds: Dataset) -> Dataset:
     copy = Dataset()
     copy.file_meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
     for element in ds:
-        if element.tag not in _PIXEL_TAGS:
+        if element.tag not in PIXEL_TAGS:
             copy.add(element)
     if "PerFrameFunctionalGroupsSequence" in ds:
         old_shared = ds.get("SharedFunctionalGroupsSequence")
