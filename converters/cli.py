@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+# Errors and records need only the standard library (the package imports them anyway); the
+# pipeline (pydicom, numpy, nibabel, ...) is imported by the handler, so that building the
+# parser (`bidsbridge --help`) stays fast.
 from converters.errors import BidsBridgeError, LabelError
-from converters.labels import Labels, read_subject_map
-from converters.pipeline import convert_tree
 from converters.records import SeriesResult
 
 __all__ = ["main", "register", "run_convert", "summarize"]
@@ -89,6 +90,9 @@ def _read_key(path: Path) -> bytes:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Handler of ``convert``: returns the process exit code."""
+    from converters.labels import Labels, read_subject_map  # noqa: PLC0415
+    from converters.pipeline import convert_tree  # noqa: PLC0415
+
     try:
         labels = Labels(
             subject=args.subject_template,

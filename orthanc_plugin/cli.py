@@ -12,8 +12,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import requests
-
 __all__ = ["main"]
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
@@ -70,6 +68,8 @@ def _aet() -> str:
 
 
 def _wait_for_jobs(url: str, series_count: int, timeout: float) -> list[dict[str, Any]]:
+    import requests  # noqa: PLC0415 - only the demo talks HTTP; `--help` stays light
+
     deadline = time.monotonic() + timeout
     jobs: list[dict[str, Any]] = []
     while time.monotonic() < deadline:

@@ -20,10 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from xnat_container.check import check_destination
+# Only the standard library and the light configuration modules (which the package imports
+# anyway) load here; the handlers import the delivery (xnat-py, requests, pydicom) when they
+# run, so that building the parser (`bidsbridge --help`) stays fast.
 from xnat_container.destinations import Destination, destination_from_url, parse_destinations
 from xnat_container.errors import XnatConfigError, XnatError
-from xnat_container.push import push_dataset
 
 __all__ = ["main", "register"]
 
@@ -102,6 +103,8 @@ def resolve_server(server: str, config: Path | None, ca_bundle: Path | None = No
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from xnat_container.check import check_destination  # noqa: PLC0415
+
     try:
         destination = _destination(args)
     except XnatConfigError as exc:
@@ -113,6 +116,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from xnat_container.push import push_dataset  # noqa: PLC0415
+
     if args.session is not None and args.subject is None:
         print("bidsbridge xnat push: --session needs --subject", file=sys.stderr)
         return EXIT_USAGE

@@ -15,22 +15,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from converters.derived.derive import derive_adc, derive_seg, derive_sr
 from converters.errors import BidsBridgeError
 
 __all__ = ["register"]
 
+# The handlers import the derivations (numpy, pydicom, highdicom, nibabel) when they run, so that
+# building the parser (`bidsbridge --help`) needs the standard library only.
+
 
 def _adc(args: argparse.Namespace) -> int:
+    from converters.derived.derive import derive_adc  # noqa: PLC0415
+
     return _report(lambda: derive_adc(args.dwi_dir, args.out_dir, segmentation_type=args.segmentation_type))
 
 
 def _seg(args: argparse.Namespace) -> int:
+    from converters.derived.derive import derive_seg  # noqa: PLC0415
+
     return _report(lambda: [derive_seg(args.labelmap, args.source, args.out_dir, args.labels,
                                        segmentation_type=args.segmentation_type, algorithm=args.algorithm)])
 
 
 def _sr(args: argparse.Namespace) -> int:
+    from converters.derived.derive import derive_sr  # noqa: PLC0415
+
     return _report(lambda: [derive_sr(args.seg, args.pm, args.source, args.out_dir)])
 
 

@@ -8,25 +8,34 @@ The admin guide is ``README.md`` beside this file.
 
 Only :class:`RulesError` is ever raised by the engine (with diagnostics); evaluating a checked
 rule set never raises.
+
+Only :mod:`.errors`, :mod:`.model` load with the package; every other name is imported
+on first use (``bidsbridge --help`` and Orthanc's start-up need none of the heavy libraries).
 """
 
-import logging
+from __future__ import annotations
 
-from .check import CheckContext, load_default_rules, load_rules, parse_rules
-from .errors import Diagnostic, RulesError
-from .facts import facts_from_dataset, facts_from_folder, facts_from_orthanc
-from .model import RuleSet, SeriesFacts, SourceFacts
-from .plan import (
-    Decision,
-    PlannedConvert,
-    PlannedDerive,
-    PlannedForward,
-    PlannedPush,
-    PlannedSkip,
-    RuleTrace,
-    evaluate,
-)
-from .reload import SNAPSHOT_NAME, RulesHolder, RulesStatus
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from orthanc_plugin.rules.errors import Diagnostic, RulesError
+from orthanc_plugin.rules.model import RuleSet, SeriesFacts, SourceFacts
+
+if TYPE_CHECKING:
+    from orthanc_plugin.rules.check import CheckContext, load_default_rules, load_rules, parse_rules
+    from orthanc_plugin.rules.facts import facts_from_dataset, facts_from_folder, facts_from_orthanc
+    from orthanc_plugin.rules.plan import (
+        Decision,
+        PlannedConvert,
+        PlannedDerive,
+        PlannedForward,
+        PlannedPush,
+        PlannedSkip,
+        RuleTrace,
+        evaluate,
+    )
+    from orthanc_plugin.rules.reload import SNAPSHOT_NAME, RulesHolder, RulesStatus
 
 __all__ = [
     "SNAPSHOT_NAME",
@@ -53,5 +62,36 @@ __all__ = [
     "load_rules",
     "parse_rules",
 ]
+
+#: Names imported on first use, and their modules.
+_LAZY = {
+    "CheckContext": "orthanc_plugin.rules.check",
+    "load_default_rules": "orthanc_plugin.rules.check",
+    "load_rules": "orthanc_plugin.rules.check",
+    "parse_rules": "orthanc_plugin.rules.check",
+    "facts_from_dataset": "orthanc_plugin.rules.facts",
+    "facts_from_folder": "orthanc_plugin.rules.facts",
+    "facts_from_orthanc": "orthanc_plugin.rules.facts",
+    "Decision": "orthanc_plugin.rules.plan",
+    "PlannedConvert": "orthanc_plugin.rules.plan",
+    "PlannedDerive": "orthanc_plugin.rules.plan",
+    "PlannedForward": "orthanc_plugin.rules.plan",
+    "PlannedPush": "orthanc_plugin.rules.plan",
+    "PlannedSkip": "orthanc_plugin.rules.plan",
+    "RuleTrace": "orthanc_plugin.rules.plan",
+    "evaluate": "orthanc_plugin.rules.plan",
+    "SNAPSHOT_NAME": "orthanc_plugin.rules.reload",
+    "RulesHolder": "orthanc_plugin.rules.reload",
+    "RulesStatus": "orthanc_plugin.rules.reload",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'orthanc_plugin.rules' has no attribute {name!r}")
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -21,15 +21,18 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .check import CheckContext, check_rules, load_default_rules, parse_rules
+# Only the standard library and the light rule records load here; the engine (YAML, pydicom) is
+# imported by the handlers when they run, so that building the parser (`bidsbridge --help`) stays fast.
 from .errors import Diagnostic, RulesError
-from .facts import facts_from_folder, fetch_orthanc_facts
-from .loader import MAX_FILE_BYTES
-from .model import RuleSet, SeriesFacts
-from .plan import Decision, PlannedConvert, PlannedDerive, PlannedForward, PlannedPush, PlannedSkip, evaluate
-from .preview import BidsPreview, preview_convert
+from .model import RuleSet, SeriesFacts, SourceFacts
+
+if TYPE_CHECKING:
+    from .check import CheckContext
+    from .facts import FolderSeries
+    from .plan import Decision
+    from .preview import BidsPreview
 
 __all__ = ["main", "read_orthanc_config", "register"]
 
@@ -108,6 +111,8 @@ def read_orthanc_config(path: Path) -> dict[str, Any]:
 
 
 def _context(args: argparse.Namespace) -> CheckContext:
+    from .check import CheckContext  # noqa: PLC0415
+
     context = CheckContext()
     if args.orthanc_config is not None:
         context = CheckContext.from_orthanc_config(read_orthanc_config(args.orthanc_config))
@@ -126,6 +131,9 @@ def _print_diagnostics(diagnostics: Sequence[Diagnostic], out: TextIO) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """Handler of ``rules check``."""
+    from .check import check_rules, parse_rules  # noqa: PLC0415
+    from .loader import MAX_FILE_BYTES  # noqa: PLC0415
+
     try:
         context = _context(args)
         with args.file.open("rb") as handle:
@@ -145,6 +153,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _rules(args: argparse.Namespace, context: CheckContext) -> tuple[RuleSet, tuple[Diagnostic, ...]]:
+    from .check import load_default_rules, parse_rules  # noqa: PLC0415
+    from .loader import MAX_FILE_BYTES  # noqa: PLC0415
+
     if args.file is None:
         return load_default_rules(), ()
     try:
@@ -156,8 +167,15 @@ def _rules(args: argparse.Namespace, context: CheckContext) -> tuple[RuleSet, tu
     return parse_rules(data, str(args.file), context)
 
 
+def facts_from_folder(folder: Path, *, source: SourceFacts | None = None) -> tuple[list[FolderSeries], list[Path]]:
+    """:func:`.facts.facts_from_folder`, imported when first called (it needs pydicom)."""
+    from .facts import facts_from_folder as read_folder  # noqa: PLC0415
+
+    return read_folder(folder, source=source)
+
+
 def _series(args: argparse.Namespace) -> list[SeriesFacts]:
-    from .model import SourceFacts  # noqa: PLC0415
+    from .facts import fetch_orthanc_facts  # noqa: PLC0415
 
     if args.dicom is not None:
         if not args.dicom.is_dir():
@@ -184,6 +202,8 @@ def _title(decision: Decision) -> str:
 
 
 def _text(decision: Decision, previews: list[BidsPreview], out: TextIO) -> None:
+    from .plan import PlannedConvert, PlannedDerive, PlannedForward, PlannedPush, PlannedSkip  # noqa: PLC0415
+
     out.write(f"{_title(decision)}: {decision.outcome.upper()}\n")
     for trace in decision.trace:
         if trace.status == "matched":
@@ -229,6 +249,9 @@ def _record(decision: Decision, previews: list[BidsPreview]) -> dict[str, Any]:
 
 def run_test(args: argparse.Namespace) -> int:
     """Handler of ``rules test``."""
+    from .plan import evaluate  # noqa: PLC0415
+    from .preview import preview_convert  # noqa: PLC0415
+
     try:
         context = _context(args)
     except (OSError, ValueError) as exc:
