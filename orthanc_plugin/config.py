@@ -18,6 +18,9 @@ Keys (all optional unless stated):
 ``WorkerMemoryMB``   address-space limit of each worker and its dcm2niix (MiB, default 16384;
                      0 = none): a series that needs more fails with that reason instead of
                      starving the host.
+``WorkerNice``       how much lower than Orthanc's the workers' CPU priority is (``nice``, 0-19,
+                     default 10); their disk I/O goes to the lowest best-effort level too
+                     (``ionice -c2 -n7``) unless 0. Orthanc's own C-STORE and REST come first.
 ``JobTimeout``       seconds a job may run before its worker is killed and the job retried;
                      default 1800.
 ``Python``           interpreter that runs the workers (the project's venv); default: the venv
@@ -104,6 +107,8 @@ class PluginConfig:
     retry_cap: float = 300.0
     #: ``WorkerMemoryMB``: address-space limit of a worker (MiB); 0 = none.
     worker_memory_mb: int = 16384
+    #: ``WorkerNice``: CPU niceness added to the workers (and lowest best-effort I/O); 0 = as Orthanc.
+    worker_nice: int = 10
     #: ``Writers``: who may change state through the REST API; None = every authenticated caller.
     writers: tuple[str, ...] | None = None
     #: ``UserHeader`` (lower-cased): the authorization plugin's token header naming the caller.
@@ -130,6 +135,7 @@ _KNOWN_KEYS = {
     "RetryBaseSeconds",
     "RetryMaxSeconds",
     "WorkerMemoryMB",
+    "WorkerNice",
     "Python",
     "OrthancUrl",
     "RestUsername",
@@ -378,6 +384,7 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         retry_base=_number(section, "RetryBaseSeconds", 2.0, 0.0),
         retry_cap=_number(section, "RetryMaxSeconds", 300.0, 0.0),
         worker_memory_mb=_int(section, "WorkerMemoryMB", 16384, 0),
+        worker_nice=min(_int(section, "WorkerNice", 10, 0), 19),
         python=python,
         orthanc_url=orthanc_url,
         rest_username=username,

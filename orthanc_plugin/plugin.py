@@ -145,6 +145,7 @@ class BidsBridgePlugin:
                 retry_base=config.retry_base,
                 retry_cap=config.retry_cap,
                 memory_mb=config.worker_memory_mb,
+                nice=config.worker_nice,
             ),
             queue=self.queue,
             workers=config.workers,

@@ -161,6 +161,32 @@ def _limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+#: ioprio_set(2) numbers (Linux): the syscall per machine, "process" target, best-effort class.
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "i686": 289, "armv7l": 314}
+_IOPRIO_WHO_PROCESS = 1
+_IOPRIO_CLASS_BE = 2
+
+
+def _lower_priority(nice: int) -> None:
+    """Run below Orthanc: ``nice`` more niceness, and the lowest best-effort I/O level (what
+    ``ionice -c2 -n7`` sets); inherited by dcm2niix. Where the system cannot, the worker says so."""
+    if nice <= 0:
+        return
+    try:
+        os.nice(nice)
+    except OSError as exc:
+        logger.warning("cannot lower the worker's CPU priority (%s)", exc)
+    number = _IOPRIO_SET.get(os.uname().machine)
+    try:
+        if number is None:
+            raise OSError(f"ioprio_set unknown on {os.uname().machine}")
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.syscall(number, _IOPRIO_WHO_PROCESS, 0, _IOPRIO_CLASS_BE << 13 | 7) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:
+        logger.info("worker I/O priority left as Orthanc's (%s)", exc)
+
+
 def _client(settings: WorkerSettings) -> OrthancRestClient:
     password = None
     if settings.rest_password_file is not None:
@@ -247,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = WorkerSettings.read(args.settings)
     _limit_memory(settings.memory_mb)
+    _lower_priority(settings.nice)
     (Path(settings.state_dir) / "tmp").mkdir(parents=True, exist_ok=True)
     _sweep_scratch(Path(settings.state_dir) / "tmp")
     queue = SqliteJobQueue(Path(settings.state_dir), max_attempts=settings.max_attempts,

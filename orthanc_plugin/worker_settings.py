@@ -41,6 +41,8 @@ class WorkerSettings:
     retry_cap: float = 300.0
     #: Address-space limit of the worker and its children (MiB); 0 = none.
     memory_mb: int = 0
+    #: CPU niceness the worker adds to itself (and lowest best-effort I/O class when > 0).
+    nice: int = 0
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

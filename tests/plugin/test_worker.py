@@ -5,6 +5,7 @@ keeps the lease while the handler runs."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -114,3 +115,15 @@ def test_the_heartbeat_keeps_the_lease_of_a_long_job(plant: Plant, monkeypatch: 
     job_id = _run_with(plant, monkeypatch, slow, lease_seconds=0.2)
     job = plant.queue.get(job_id)
     assert expired == [[]] and job is not None and job.state == "done"
+
+
+def test_a_worker_runs_below_orthancs_cpu_and_io_priority() -> None:
+    """``WorkerNice``: the worker lowers itself (dcm2niix inherits it); read back from the kernel."""
+    code = ("import os, subprocess; from orthanc_plugin.worker import _lower_priority; _lower_priority(7); "
+            "print(os.getpriority(os.PRIO_PROCESS, 0)); "
+            "print(subprocess.run(['ionice', '-p', str(os.getpid())], capture_output=True, text=True).stdout)")
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env=os.environ).stdout.split("\n")
+    assert int(shown[0]) == min(before + 7, 19)
+    assert shown[1].strip() == "best-effort: prio 7"
