@@ -15,6 +15,9 @@ __all__ = ["SendReport", "send_files"]
 
 logger = logging.getLogger(__name__)
 
+#: Explicit and implicit VR little endian.
+_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
 
 @dataclass(frozen=True)
 class SendReport:
@@ -35,12 +38,14 @@ def send_files(
         except (InvalidDicomError, OSError, EOFError) as exc:
             failed.append((path, f"not readable as DICOM: {exc}"))
     ae = AE(ae_title=calling_aet)
-    # Propose each file's own transfer syntax so nothing needs transcoding.
-    syntaxes = {str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets}
-    contexts = {str(ds.SOPClassUID) for _, ds in datasets}
+    # One presentation context per SOP class and transfer syntax the files use (a peer accepts one
+    # syntax per context: a context offering several would leave files in the others unsendable),
+    # plus the uncompressed ones; at most the 128 contexts an association can carry.
+    pairs = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in datasets}
+    pairs |= {(sop, syntax) for sop, _ in pairs for syntax in _UNCOMPRESSED}
     ae.requested_contexts = []
-    for sop_class in sorted(contexts)[:128]:
-        ae.add_requested_context(sop_class, sorted(syntaxes | {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}))
+    for sop_class, syntax in sorted(pairs)[:128]:
+        ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate(host, port, ae_title=called_aet)
     if not assoc.is_established:
         raise ConnectionError(f"DICOM association to {called_aet}@{host}:{port} was not established")

@@ -24,6 +24,7 @@ import pytest
 import requests
 from pydicom.errors import InvalidDicomError
 
+from orthanc_plugin.dicom_send import send_files
 from orthanc_plugin.embedded import ACCEPTED_CALLING_AETS, ORTHANC_AET, EmbeddedOrthanc, free_port
 
 pytestmark = pytest.mark.orthanc
@@ -208,3 +209,17 @@ def test_readme_example_stores_every_instance_of_the_set(
     stored = orthanc_instances(orthanc)
     assert not expected.instances - stored, f"not stored: {sorted(expected.instances - stored)[:5]}"
     assert stored == expected.instances, f"unexpected in Orthanc: {sorted(stored - expected.instances)[:5]}"
+
+
+@pytest.mark.parametrize("name", ["dcm_qa_frag", "dcm_qa_ts"])
+def test_send_files_stores_files_of_several_transfer_syntaxes(name: str, corpus: Path,
+                                                               orthanc: EmbeddedOrthanc) -> None:
+    """bidsbridge's own C-STORE client (the forwards', the demo's) proposes one context per SOP
+    class and transfer syntax: JPEG, JPEG 2000 and RLE files go over one association with the rest."""
+    folder = corpus / name / "In"
+    expected = read_folder(folder)
+    empty_orthanc(orthanc)
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p not in expected.non_dicom]
+    report = send_files(files, "127.0.0.1", orthanc.dicom_port, called_aet=ORTHANC_AET)
+    assert report.failed == () and report.sent == len(files)
+    assert orthanc_instances(orthanc) == expected.instances
