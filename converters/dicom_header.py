@@ -23,6 +23,8 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import BaseTag
 
+from converters.errors import DicomInputError
+
 __all__ = ["LONG_VRS", "PIXEL_TAGS", "UNDEFINED_LENGTH", "HeaderTruncated", "read_header"]
 
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data.
@@ -35,8 +37,8 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 LAST_GROUP = 0x0028
 
 
-class HeaderTruncated(ValueError):
-    """The header ends (or an element runs) past the end of the file."""
+class HeaderTruncated(DicomInputError):
+    """The file ends inside the groups :func:`read_header` reads (a damaged file)."""
 
 
 def read_header(fp: BinaryIO, size: int, *, sequences: Collection[int] = ()) -> FileDataset:
