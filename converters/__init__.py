@@ -10,9 +10,8 @@ Everything but the errors and records is imported on first use, so that importin
 parts — as the Orthanc plugin does inside Orthanc — loads no third-party package.
 """
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from converters.errors import (
     BidsBridgeError,
@@ -23,6 +22,7 @@ from converters.errors import (
     LabelError,
     UnreadableDataError,
 )
+from converters.lazy import lazy_names
 from converters.records import SeriesResult
 
 if TYPE_CHECKING:
@@ -64,10 +64,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

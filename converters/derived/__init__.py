@@ -19,9 +19,8 @@ on first use (``bidsbridge --help`` and Orthanc's start-up need none of the heav
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from converters.derived.errors import (
     DerivedInputError,
@@ -32,6 +31,7 @@ from converters.derived.errors import (
     LabelTableError,
     MissingB0Error,
 )
+from converters.lazy import lazy_names
 
 if TYPE_CHECKING:
     from converters.derived.adc import AdcResult, DiffusionEncoding, compute_adc
@@ -130,12 +130,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'converters.derived' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -15,10 +15,10 @@ on first use (``bidsbridge --help`` and Orthanc's start-up need none of the heav
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from converters.lazy import lazy_names
 from orthanc_plugin.rules.errors import Diagnostic, RulesError
 from orthanc_plugin.rules.model import RuleSet, SeriesFacts, SourceFacts
 
@@ -86,12 +86,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'orthanc_plugin.rules' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
