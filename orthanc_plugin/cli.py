@@ -139,12 +139,18 @@ def _run_until_interrupted(server: Any) -> None:
         pass
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .dicom_send import send_files  # noqa: PLC0415
     from .embedded import ORTHANC_AET, OrthancSetupError  # noqa: PLC0415
 
     files, series = _demo_files(args.data)
     _use_free_ports(args)
+    # SIGTERM (a service manager, `timeout`, CI) ends the demo like Ctrl-C: Orthanc is stopped.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     server = _embedded(args)
     print(f"Starting Orthanc with the bidsbridge plugin in {args.workdir.resolve()} ...", flush=True)
     try:

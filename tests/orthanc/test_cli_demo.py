@@ -64,3 +64,27 @@ def test_serve_runs_orthanc_in_the_foreground_until_interrupted(tmp_path: Path, 
         out, _ = process.communicate(timeout=60)
     assert process.returncode == 0, out
     assert "BIDS dataset:" in out
+
+
+def test_demo_stopped_by_sigterm_stops_its_orthanc(tmp_path: Path) -> None:
+    """A demo ended by SIGTERM (a service manager, `timeout`) leaves no Orthanc behind."""
+    http = free_port()
+    process = subprocess.Popen(
+        [str(BIDSBRIDGE), "demo", "--workdir", str(tmp_path / "w"), "--http-port", str(http),
+         "--dicom-port", str(free_port()), "--keep"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{http}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/system", timeout=2).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.2)
+    assert requests.get(f"{url}/system", timeout=5).ok
+    process.send_signal(15)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + 15, out
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/system", timeout=5)
