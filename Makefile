@@ -9,7 +9,7 @@ APT_PACKAGES := orthanc orthanc-python dcmtk dicom3tools python3-venv
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit clean
+.PHONY: install demo test lint unit bench clean
 
 install: $(STAMP)
 
@@ -41,6 +41,13 @@ unit: install
 	$(VENV)/bin/pytest -q
 
 test: lint unit
+
+# Issue 12's benchmarks (B1-B9): one table on stdout, every repeat's values in benchmarks/results.json.
+# B3 compares with Debian's orthanc-neuro, installed here when missing.
+bench: install
+	@[ -e /usr/share/orthanc/plugins/libOrthancNeuro.so ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends orthanc-neuro >/dev/null; }
+	$(PY) benchmarks/bench.py --json benchmarks/results.json
 
 clean:
 	rm -rf $(VENV) demo-work bidsbridge-work *.egg-info

@@ -61,6 +61,9 @@ class OrthancRestClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
+        # Orthanc gzips answers for clients that accept it: 260-320 ms for a 3 MB instance against
+        # 6 ms plain (make bench). Workers read from a nearby Orthanc; its bytes come as stored.
+        self._session.headers["Accept-Encoding"] = "identity"
         if authorization:
             self._session.headers["Authorization"] = authorization
         elif username is not None and password is not None:
