@@ -2,9 +2,8 @@
 
 One embedded Orthanc (1.10.1) loads both plugins, so both answer from the same storage: ours
 (the Python plugin) and Debian's ``orthanc-neuro`` (a C++ plugin; its routes do not clash with
-``/bidsbridge/``). Every series of ``/work/shared/corpus/*/In`` is sent once over C-STORE (DCMTK's
-``dcmsend`` if installed, else pynetdicom); once
-our jobs have finished, each Orthanc series is fetched ``repeats`` times from each side,
+``/bidsbridge/``). Every series of ``<corpus>/*/In`` is sent once over C-STORE (DCMTK's
+``dcmsend``); once our jobs have finished, each Orthanc series is fetched ``repeats`` times from each side,
 alternating (ours, neuro, ours, neuro, ...), over keep-alive sessions, the body streamed fully.
 Each figure is the median, min and max of the wall time of the whole HTTP GET.
 
@@ -32,7 +31,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -47,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pydicom
 import requests
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
 
 from orthanc_plugin.config import default_python
 from orthanc_plugin.embedded import ORTHANC_AET, EmbeddedOrthanc, OrthancSetupError, find_python_plugin, free_port
@@ -75,29 +72,6 @@ def find_neuro_plugin() -> Path:
 
 
 DicomFile = tuple[Path, str, str]  # path, SOP Class UID, Transfer Syntax UID
-
-
-def _worker_python(work: Path) -> Path | None:
-    """An interpreter whose workers import *this* checkout, or None when the default one already does.
-
-    The supervisor starts workers without ``PYTHONPATH``, from the venv: in a git worktree sharing
-    another checkout's venv, its editable install would run the other checkout's worker. Then a
-    shim venv in ``work`` (``bin/python`` = the real one with ``PYTHONPATH`` = this checkout, ``lib``
-    = the real venv's, for the site-packages Orthanc's own interpreter adds) is given as ``BidsBridge.Python``.
-    """
-    python = default_python()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    probe = subprocess.run([str(python), "-c", "import orthanc_plugin, sys; sys.stdout.write(orthanc_plugin.__file__)"],
-                           capture_output=True, text=True, cwd=work, env=env, check=False)
-    if probe.returncode == 0 and Path(probe.stdout).resolve().parent == REPO / "orthanc_plugin":
-        return None
-    shim = work / "worker-venv"
-    (shim / "bin").mkdir(parents=True)
-    (shim / "lib").symlink_to(python.parent.parent / "lib")
-    script = shim / "bin" / "python"
-    script.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{python}" "$@"\n')
-    script.chmod(0o755)
-    return script
 
 
 def _scan(corpus: Path) -> tuple[dict[str, list[DicomFile]], dict[str, dict[str, Any]]]:
@@ -131,13 +105,10 @@ def _scan(corpus: Path) -> tuple[dict[str, list[DicomFile]], dict[str, dict[str,
 def _send(files: list[DicomFile], port: int) -> tuple[int, list[tuple[str, str]]]:
     """C-STORE ``files`` to the embedded Orthanc: (sent, [(file, why not)]).
 
-    With DCMTK's ``dcmsend`` when installed (C++: several times faster than pynetdicom here, and
-    one presentation context per SOP class and transfer syntax); else :func:`_send_pynetdicom`.
+    With DCMTK's ``dcmsend`` (``make install`` installs dcmtk): several times faster than
+    pynetdicom here, which would take most of B3's time budget.
     """
-    dcmsend = shutil.which("dcmsend")
-    if dcmsend is None:
-        return _send_pynetdicom(files, port)
-    done = subprocess.run([dcmsend, "-v", "-nh", "-aet", "BIDSBRIDGE", "-aec", ORTHANC_AET, "127.0.0.1", str(port),
+    done = subprocess.run(["dcmsend", "-v", "-nh", "-aet", "BIDSBRIDGE", "-aec", ORTHANC_AET, "127.0.0.1", str(port),
                            *(str(path) for path, _, _ in files)],
                           capture_output=True, text=True, env=dict(os.environ, TCP_NODELAY="1"), check=False)
     found = re.search(r"with status SUCCESS\s*:\s*(\d+)", done.stdout + done.stderr)
@@ -146,36 +117,6 @@ def _send(files: list[DicomFile], port: int) -> tuple[int, list[tuple[str, str]]
         return sent, []
     errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("E:", "W:"))]
     return sent, [(f"{len(files) - sent} of {len(files)} files", "; ".join(errors[:5]) or f"exit {done.returncode}")]
-
-
-def _send_pynetdicom(files: list[DicomFile], port: int) -> tuple[int, list[tuple[str, str]]]:
-    """The same with pynetdicom, one presentation context per (SOP class, transfer syntax).
-
-    ``orthanc_plugin.dicom_send.send_files`` proposes every syntax in one context per SOP class, and
-    the SCP accepts one of them: a folder mixing syntaxes (dcm_qa_ts, dcm_qa_frag) would fail there.
-    """
-    ae = AE(ae_title="BIDSBRIDGE")
-    for sop_class, syntax in sorted({(sop, ts) for _, sop, ts in files})[:128]:
-        ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title=ORTHANC_AET)
-    if not assoc.is_established:
-        raise ConnectionError(f"no DICOM association with {ORTHANC_AET} on port {port}")
-    sent, failed = 0, []
-    try:
-        for path, _, _ in files:
-            try:
-                status = assoc.send_c_store(path)
-            except ValueError as exc:  # no accepted context for this SOP class / syntax
-                failed.append((str(path), str(exc)))
-                continue
-            code = getattr(status, "Status", None)
-            if code == 0x0000:
-                sent += 1
-            else:
-                failed.append((str(path), f"C-STORE status {code!r}"))
-    finally:
-        assoc.release()
-    return sent, failed
 
 
 def _get(session: requests.Session, url: str, params: dict[str, str], timeout: float) -> dict[str, Any]:
@@ -287,9 +228,8 @@ def run_b3(corpus: Path, repeats: int = 5, *, max_series: int | None = None, on_
     ours_cannot: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="b3-") as work:
-        shim = _worker_python(Path(work))
         server = EmbeddedOrthanc(Path(work), http_port=free_port(), dicom_port=free_port(), workers=workers,
-                                 stable_age=2, bidsbridge={} if shim is None else {"Python": str(shim)},
+                                 stable_age=2,
                                  orthanc={"Plugins": [str(find_python_plugin()), str(neuro_plugin)]})
         with server, requests.Session() as http, requests.Session() as ours_http, requests.Session() as neuro_http:
             url = server.url
@@ -400,7 +340,7 @@ def run_b3(corpus: Path, repeats: int = 5, *, max_series: int | None = None, on_
         "on_demand_route": "POST /bidsbridge/series/{id}/convert, wait for the job, GET /bidsbridge/series/{id}/nifti"
                            if on_demand_repeats else None,
         "neuro_plugin": str(neuro_plugin), "neuro_install": NEURO_INSTALL,
-        "worker_python": str(default_python()) + ("" if shim is None else f" (through a shim: PYTHONPATH={REPO})"),
+        "worker_python": str(default_python()),
         "rows": rows, "neuro_cannot": neuro_cannot, "ours_cannot": ours_cannot,
         "unsent_files": unsent, "timings": timings, "summary": summary,
     }
