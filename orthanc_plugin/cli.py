@@ -153,12 +153,12 @@ def _demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     server = _embedded(args)
     print(f"Starting Orthanc with the bidsbridge plugin in {args.workdir.resolve()} ...", flush=True)
-    try:
-        server.start()
-    except OrthancSetupError as exc:
-        print(f"bidsbridge demo: {exc}", file=sys.stderr)
-        return 1
-    try:
+    try:  # Orthanc is stopped however the demo ends, a signal during its start-up included
+        try:
+            server.start()
+        except OrthancSetupError as exc:
+            print(f"bidsbridge demo: {exc}", file=sys.stderr)
+            return 1
         started = time.monotonic()
         report = send_files(files, "127.0.0.1", server.dicom_port, called_aet=ORTHANC_AET)
         print(f"Sent {report.sent} DICOM files ({len(series)} series) over C-STORE in "
