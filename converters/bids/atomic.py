@@ -17,7 +17,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = [
@@ -88,12 +88,24 @@ def copy_file_atomic(source: Path, path: Path) -> None:
     _atomic(path, lambda temporary: shutil.copyfile(source, temporary))
 
 
+def _temporary_candidates(root: Path) -> Iterator[Path]:
+    """Paths named like temporaries under ``root``. Folders that vanish during the walk (other
+    processes' staging and working folders come and go) are passed over, never an error; the
+    staging folders themselves (``.bidsbridge/tmp``) belong to :func:`sweep_staging`."""
+    for folder, subfolders, files in os.walk(root):
+        if os.path.basename(folder) == ".bidsbridge" and "tmp" in subfolders:
+            subfolders.remove("tmp")
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                yield Path(folder, name)
+
+
 def sweep_temporaries(root: Path) -> list[Path]:
     """Remove the temporary files under ``root`` whose writer is gone (or that are stale);
     return them."""
     removed: list[Path] = []
     limit = time.time() - STALE_SECONDS
-    for path in root.rglob(".*.tmp"):
+    for path in _temporary_candidates(root):
         found = _TEMPORARY.match(path.name)
         if found is None:
             continue

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,27 @@ def test_a_dataset_prepared_again_loses_a_killed_writers_temporary(tmp_path: Pat
     leftover.write_text("{\"Na")
     ensure_dataset(root, "v1.0.20260724")
     assert not leftover.exists() and (root / "dataset_description.json").is_file()
+
+
+def test_the_sweep_passes_over_folders_that_vanish_while_it_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other processes' working folders come and go during the walk (a concurrent conversion
+    finishing): the sweep must pass over them, not fail the conversion that sweeps."""
+    dead = tmp_path / f".CHANGES.{atomic.HOST}-{_dead_pid()}-beef.tmp"
+    dead.write_text("x")
+    vanishing = tmp_path / "sub-1" / "anat"
+    vanishing.mkdir(parents=True)
+    staged = tmp_path / ".bidsbridge" / "tmp" / "work" / f".a.json.{atomic.HOST}-{_dead_pid()}-cafe.tmp"
+    staged.parent.mkdir(parents=True)
+    staged.write_text("x")
+    real_scandir = os.scandir
+
+    def scandir(path: str = ".") -> Any:
+        if Path(path) == vanishing:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert atomic.sweep_temporaries(tmp_path) == [dead]
+    assert staged.exists(), "staging folders are sweep_staging's, not this sweep's"
