@@ -31,7 +31,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-__all__ = ["AslHeaders", "AslPlan", "asl_fields", "parse_ascconv", "read_asl_headers"]
+__all__ = ["AslHeaders", "AslPlan", "asl_fields", "parse_ascconv", "read_asl_headers", "siemens_protocol"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,9 @@ def _find(ds: Dataset, tag: int) -> Any:
     return None
 
 
-def _protocol(ds: Dataset) -> dict[str, str]:
+def siemens_protocol(ds: Dataset) -> dict[str, str]:
+    """The Siemens protocol's ASCCONV parameters: the XA private element (0021,1019) anywhere in
+    the header, else the CSA series header (0029,1020); {} when there is none."""
     raw = _find(ds, _XA_PROTOCOL)
     if isinstance(raw, bytes | str):
         text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
@@ -140,7 +142,7 @@ def read_asl_headers(files: Iterable[Path]) -> AslHeaders:
             logger.info("cannot read ASL header of %s: %s", path, exc)
             return AslHeaders()
         labelling = labelling or str(ds.get("ArterialSpinLabelingContrast", "") or "").upper()
-        protocol = protocol or _protocol(ds)
+        protocol = protocol or siemens_protocol(ds)
         crushers |= _frame_values(ds, "ASLCrusherFlag")
         contexts = _frame_values(ds, "ASLContext")
         if len(contexts) != 1:
