@@ -41,14 +41,28 @@ class HeaderTruncated(DicomInputError):
     """The file ends inside the groups :func:`read_header` reads (a damaged file)."""
 
 
-def read_header(fp: BinaryIO, size: int, *, sequences: Collection[int] = ()) -> FileDataset:
-    """The file's meta and data elements of groups up to :data:`LAST_GROUP`; of those, sequences
-    only when their tag is in ``sequences``. ``size``: the file's size in bytes."""
+def read_header(fp: BinaryIO, size: int, *, sequences: Collection[int] = (), private: bool = False,
+                last_group: int = LAST_GROUP, walk_sequences: bool = False) -> FileDataset:
+    """The file's meta and data elements of groups up to ``last_group``; of those, sequences
+    only when their tag is in ``sequences`` (undefined-length ones: defined-length ones too when
+    ``walk_sequences``; pydicom reads those in full otherwise), private elements (odd groups)
+    only when ``private`` (GE and Siemens headers are more than half private elements).
+    ``size``: the file's size in bytes."""
 
     def skipped(tag: BaseTag, vr: str | None, length: int) -> bool:
-        return (tag >> 16) > LAST_GROUP or (
-            length == UNDEFINED_LENGTH and int(tag) not in sequences
+        group = tag >> 16
+        return group > last_group or (not private and group & 1 == 1) or (
+            (length == UNDEFINED_LENGTH or (walk_sequences and vr == "SQ")) and int(tag) not in sequences
         )
+
+    def private_next() -> bool:
+        position = fp.tell()
+        head = fp.read(4)
+        fp.seek(position)
+        if len(head) < 4:
+            return False
+        group = int(struct.unpack(f"{order}H", head[:2])[0])
+        return group & 1 == 1 and group <= last_group
 
     ds = read_partial(fp, stop_when=skipped)
     implicit, little = ds.original_encoding
@@ -64,16 +78,51 @@ def read_header(fp: BinaryIO, size: int, *, sequences: Collection[int] = ()) -> 
         group, element = struct.unpack(f"{order}HH", head)
         if (group << 16 | element) in PIXEL_TAGS:
             return ds
-        if group > LAST_GROUP:
+        if group > last_group:
+            if _pixel_data_at_end(fp, ds, implicit, order, size):
+                return ds
             try:
                 _elements(fp, implicit, order, size, top=True)
             except HeaderTruncated:
                 fp.seek(size)
             return ds
-        _element(fp, implicit, order, size, top=True)  # the one element pydicom stopped at
+        _element(fp, implicit, order, size, top=True)  # the element pydicom stopped at ...
+        while not private and private_next():  # ... and the private ones after it
+            _element(fp, implicit, order, size, top=True)
         rest: Dataset = read_dataset(fp, implicit, little, stop_when=skipped, parent_encoding=ds._character_set)
         # Raw elements as pydicom keeps them, decoded on access (Dataset.update would decode all now).
         ds._dict.update(rest._dict)
+
+
+def _pixel_data_at_end(fp: BinaryIO, ds: Dataset, implicit: bool, order: str, size: int) -> bool:
+    """Seek to the pixel data element when it ends the file with the length the image attributes
+    give (native pixel data: the common case), without walking what lies between: per-frame
+    functional groups of enhanced files hold tens of thousands of elements. False (the file
+    position unchanged) when it does not: the caller walks."""
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames * int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return False
+    if bits % 8:
+        return False
+    length = bits // 8 + (bits // 8) % 2  # values have even lengths
+    header = 8 if implicit else 12
+    start = size - length - header
+    if length <= 0 or start < fp.tell():
+        return False
+    position = fp.tell()
+    fp.seek(start)
+    head = fp.read(header)
+    if len(head) == header:
+        group, element = struct.unpack_from(f"{order}HH", head)
+        found_length = struct.unpack_from(f"{order}L", head, header - 4)[0]
+        vr_ok = implicit or head[4:6] in (b"OB", b"OW")
+        if (group << 16 | element) == 0x7FE00010 and found_length == length and vr_ok:
+            fp.seek(start)
+            return True
+    fp.seek(position)
+    return False
 
 
 def _element(fp: BinaryIO, implicit: bool, order: str, size: int, *, top: bool) -> int | None:

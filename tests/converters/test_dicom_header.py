@@ -97,9 +97,15 @@ def _enhanced_like() -> Dataset:
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-def test_sequences_walked_past_leave_the_file_at_the_pixel_data(tmp_path: Path, syntax: str) -> None:
+@pytest.mark.parametrize("padded", [False, True])
+def test_sequences_walked_past_leave_the_file_at_the_pixel_data(tmp_path: Path, syntax: str, padded: bool) -> None:
+    """Found at the end of the file from the image attributes, or (trailing padding after it,
+    so not at the end) by walking every element before it."""
+    ds = _enhanced_like()
+    if padded:
+        ds.add_new(0xFFFCFFFC, "OB", b"\0" * 6)  # DataSetTrailingPadding
     path = tmp_path / "x.dcm"
-    path.write_bytes(_file(_enhanced_like(), syntax))
+    path.write_bytes(_file(ds, syntax))
     with path.open("rb") as fp:
         ds = read_header(fp, path.stat().st_size, sequences=RELATED)
         at = fp.tell()
