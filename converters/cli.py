@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +60,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--no-demographics", action="store_true", help="leave age and sex out of participants.tsv")
     parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write the per-series results as JSON")
+    parser.add_argument("-j", "--jobs", type=_jobs, default=os.cpu_count() or 1, metavar="N",
+                        help="series converted at a time (default: every core, here %(default)s)")
     parser.set_defaults(handler=run_convert)
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"-j/--jobs takes a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _line(result: SeriesResult) -> str:
@@ -101,7 +114,8 @@ def run_convert(args: argparse.Namespace) -> int:
             subject_map=None if args.subject_map is None else read_subject_map(args.subject_map),
             demographics=not args.no_demographics,
         )
-        results = convert_tree(args.dicom_dir, args.bids_dir, subject=args.subject, session=args.session, labels=labels)
+        results = convert_tree(args.dicom_dir, args.bids_dir, subject=args.subject, session=args.session, labels=labels,
+                               jobs=args.jobs)
     except BidsBridgeError as exc:
         print(f"bidsbridge convert: {exc}", file=sys.stderr)
         return 1

@@ -6,9 +6,12 @@ folder (:func:`convert_tree`).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -370,8 +373,11 @@ def convert_tree(
     session: str | None = None,
     overrides: Sequence[Override] = (),
     labels: Labels | None = None,
+    jobs: int = 1,
 ) -> list[SeriesResult]:
     """Discover and convert every series under ``input_dir``; one bad series never stops the others.
+
+    ``jobs`` > 1 converts that many series at a time, in worker processes.
 
     Series that are parts of one acquisition are converted together (:mod:`converters.regroup`);
     each input series still gives one result, with the files it owns once every series is in (a
@@ -385,33 +391,24 @@ def convert_tree(
     root = _dataset_root(dataset_root)
     source = Path(input_dir)
     inventory = _discover(source)
+    units = regroup(inventory.series)
+    convert = partial(_convert_unit, root=root, subject=subject, session=session, overrides=tuple(overrides),
+                      labels=labels or Labels())
     results: list[SeriesResult] = []
-    for series in regroup(inventory.series):
-        try:
-            result = _convert_discovered(
-                series,
-                root,
-                subject=subject,
-                session=session,
-                overrides=overrides,
-                rules=DEFAULT_RULES,
-                labels=labels or Labels(),
-            )
-        except Exception as exc:  # one bad series must not stop the others
-            if not isinstance(exc, BidsBridgeError):
-                logger.exception("unexpected error converting %s", _name(series))
-            else:
-                logger.error("%s failed: %s", _name(series), exc)
-            result = SeriesResult(
-                series_uid=series.series_uid,
-                series_description=series.series_description,
-                state="failed",
-                reason=str(exc) if isinstance(exc, BidsBridgeError) else f"{type(exc).__name__}: {exc}",
-                series_number=series.series_number,
-                acquisition=series.series_uid if series.parts else None,
-                members=tuple(part.series_uid for part in series.parts),
-            )
-        results.extend(_per_part(result, series))
+    if jobs > 1 and len(units) > 1:
+        # Worker processes of the interpreter itself (spawn: nothing of this process is shared);
+        # the dataset lock orders their publishing, which gives the sequential run's dataset.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=context) as pool:
+            futures = [pool.submit(convert, unit) for unit in units]
+            for unit, future in zip(units, futures, strict=True):
+                try:
+                    results.extend(future.result())
+                except Exception as exc:  # the process converting it died (killed, out of memory)
+                    results.extend(_per_part(_failed(unit, f"its conversion process died: {exc!r}"), unit))
+    else:
+        for unit in units:
+            results.extend(convert(unit))
     # A later series may have renamed an earlier one's files (runs of true repeats): report where
     # each series' files are now.
     results = [_current(root, result) if result.state == "converted" else result for result in results]
@@ -432,6 +429,33 @@ def convert_tree(
             )
         )
     return results
+
+
+def _failed(series: DicomSeries, reason: str) -> SeriesResult:
+    return SeriesResult(
+        series_uid=series.series_uid,
+        series_description=series.series_description,
+        state="failed",
+        reason=reason,
+        series_number=series.series_number,
+        acquisition=series.series_uid if series.parts else None,
+        members=tuple(part.series_uid for part in series.parts),
+    )
+
+
+def _convert_unit(series: DicomSeries, *, root: Path, subject: str | None, session: str | None,
+                  overrides: Sequence[Override], labels: Labels) -> list[SeriesResult]:
+    """One series (or acquisition) of :func:`convert_tree`, its failure reported, never raised."""
+    try:
+        result = _convert_discovered(series, root, subject=subject, session=session, overrides=overrides,
+                                     rules=DEFAULT_RULES, labels=labels)
+    except Exception as exc:  # one bad series must not stop the others
+        if not isinstance(exc, BidsBridgeError):
+            logger.exception("unexpected error converting %s", _name(series))
+        else:
+            logger.error("%s failed: %s", _name(series), exc)
+        result = _failed(series, str(exc) if isinstance(exc, BidsBridgeError) else f"{type(exc).__name__}: {exc}")
+    return _per_part(result, series)
 
 
 def _current(root: Path, result: SeriesResult) -> SeriesResult:

@@ -49,6 +49,20 @@ def test_parallel_processes_match_a_sequential_run(xa30: Path, xa30_dataset: Con
     assert list((root / BOOKKEEPING_DIR / "tmp").iterdir()) == []
 
 
+def test_convert_tree_with_several_jobs_matches_a_sequential_run(
+    xa30: Path, xa30_dataset: Converted, tmp_path: Path
+) -> None:
+    """``bidsbridge convert -j``: the same results, in the same order, and the same bytes."""
+    root = tmp_path / "bids"
+    results = convert_tree(xa30 / "In", root, jobs=3)
+    assert results == xa30_dataset.results
+    parallel_files = _tree(root)
+    sequential_files = _tree(xa30_dataset.root)
+    assert sorted(parallel_files) == sorted(sequential_files)
+    for name, data in sequential_files.items():
+        assert parallel_files[name] == data, f"{name} differs between convert -j 3 and a sequential run"
+
+
 WORKERS = 4
 SERIES_PER_WORKER = 12
 
