@@ -90,6 +90,11 @@ class JobQueue(Protocol):
     def release(self, job_id: int) -> None:
         """Give a running job back without counting the attempt (clean shutdown)."""
 
+    def wait_for_work(self, timeout: float) -> None:
+        """Return when a job may have become claimable (queued, retried, released, or a job of
+        the same series finished: anyone doing so wakes the waiters, in any process) or after
+        ``timeout`` seconds; a wake-up may be spurious, none is lost beyond ``timeout``."""
+
     # -- supervision -----------------------------------------------------------------------
     def requeue_worker(self, worker: int | None, reason: str, *, count_attempt: bool = True) -> list[int]:
         """Jobs left running by a dead worker (None: by any) go back; their ids. A counted attempt

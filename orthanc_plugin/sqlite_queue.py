@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+from .doorbell import Doorbell
 from .job_queue import DEFAULT_LEASE_SECONDS, RetryPolicy
 from .jobs import Attempt, Deferred, Job, JobKind, JobParams, JobState, Outcome, params_from_json, params_to_json
 
@@ -83,6 +84,7 @@ class SqliteJobQueue:
         self.max_attempts = max_attempts
         self.retry_policy = retry_policy or RetryPolicy()
         self._lock = threading.Lock()
+        self._doorbell = Doorbell(state_dir)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -103,6 +105,12 @@ class SqliteJobQueue:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._doorbell.close()
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Sleep until a job may have become claimable (rung by whoever queued or freed it, in any
+        process: :mod:`.doorbell`) or ``timeout`` seconds passed."""
+        self._doorbell.wait(timeout)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -137,7 +145,9 @@ class SqliteJobQueue:
                 " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                 (series, params.kind, trigger, max_attempts or self.max_attempts, encoded, not_before, now, now),
             )
-            return int(cursor.lastrowid or 0)
+        if not_before == 0.0:
+            self._doorbell.ring()
+        return int(cursor.lastrowid or 0)
 
     def retry(self, job_id: int) -> Job | None:
         """Put a finished job back in the queue with a fresh attempt budget."""
@@ -148,6 +158,7 @@ class SqliteJobQueue:
                 " updated_at = ?, finished_at = NULL WHERE id = ? AND state IN ('done','skipped','failed')",
                 (now, job_id),
             )
+        self._doorbell.ring()
         return self.get(job_id)
 
     # -- workers ---------------------------------------------------------------------------
@@ -197,6 +208,7 @@ class SqliteJobQueue:
                 (outcome.state, json.dumps(sorted(outcome.outputs)), _dump(result), outcome.reason, now, now, job_id,
                  *args),
             )
+        self._doorbell.ring()  # the series' next job may run now
         return cursor.rowcount == 1
 
     def fail(self, job_id: int, reason: str, *, permanent: bool = False, retry_after: float | None = None,
@@ -248,6 +260,7 @@ class SqliteJobQueue:
                 " lease_until = NULL, updated_at = ? WHERE id = ? AND state = 'running'",
                 (now, job_id),
             )
+        self._doorbell.ring()
 
     def requeue_worker(self, worker: int | None, reason: str, *, count_attempt: bool = True) -> list[int]:
         """Jobs left running by a dead worker (``None``: by any worker) go back to the queue."""
@@ -277,6 +290,8 @@ class SqliteJobQueue:
                      now if exhausted else None, now, history, row["id"]),
                 )
                 ids.append(int(row["id"]))
+        if ids:
+            self._doorbell.ring()
         return ids
 
     # -- readers ---------------------------------------------------------------------------

@@ -244,7 +244,7 @@ def _loop(queue: JobQueue, client: OrthancRestClient, settings: WorkerSettings, 
             return
         job = queue.claim(pid)
         if job is None:
-            time.sleep(POLL_SECONDS)
+            queue.wait_for_work(POLL_SECONDS)
             continue
         started = time.monotonic()
         logger.info("job %d: %s of series %s (attempt %d)", job.id, job.kind, job.series, job.attempts)

@@ -244,3 +244,35 @@ def test_concurrent_processes_claim_each_job_exactly_once(name: str, tmp_path: P
         proc.join(timeout=60)
     assert sorted(claimed) == sorted(ids)
     assert queue.counts() == {"done": 60}
+
+
+def _wait_then_claim(name: str, state_dir: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    queue = IMPLEMENTATIONS[name](Path(state_dir), 3)
+    assert queue.claim(2000) is None
+    out.put("waiting")
+    started = time.monotonic()
+    queue.wait_for_work(120.0)
+    job = queue.claim(2000)
+    out.put((time.monotonic() - started, None if job is None else job.series))
+    queue.close()
+
+
+@pytest.mark.parametrize("name", sorted(IMPLEMENTATIONS))
+def test_an_idle_worker_is_woken_by_a_job_queued_in_another_process(name: str, tmp_path: Path) -> None:
+    """A waiting worker does not sleep out its poll interval when work arrives (the plugin
+    queues in Orthanc's process, workers wait in theirs)."""
+    queue = IMPLEMENTATIONS[name](tmp_path, 3)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_wait_then_claim, args=(name, str(tmp_path), out))
+    proc.start()
+    try:
+        assert out.get(timeout=60) == "waiting"
+        time.sleep(0.5)  # let it reach its wait
+        queue.enqueue("woken", "stable", ConvertJob())
+        waited, series = out.get(timeout=110)
+    finally:
+        proc.join(timeout=10)
+        queue.close()
+    assert series == "woken"
+    assert waited < 60, "woke at its timeout, not by the new job"
