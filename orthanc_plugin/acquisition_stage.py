@@ -17,6 +17,7 @@ from typing import Any
 
 from converters.regroup import AcquisitionHints, acquisition_key, acquisition_uid, sources_digest
 
+from .instance_tags import read_tags
 from .rest_client import OrthancApi, SeriesNotFound
 
 __all__ = ["Acquisition", "Member", "find_acquisition", "hints_from_tags"]
@@ -120,7 +121,7 @@ def find_acquisition(
             if str(main.get("SeriesDescription", "")).strip() != description:
                 continue
             try:
-                other = client.get_json(f"/instances/{instances[0]}/simplified-tags")
+                other = read_tags(client, instances[0])
             except SeriesNotFound:  # deleted meanwhile
                 continue
             if acquisition_key(hints_from_tags(other)) != key:

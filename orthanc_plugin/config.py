@@ -21,6 +21,12 @@ Keys (all optional unless stated):
 ``WorkerNice``       how much lower than Orthanc's the workers' CPU priority is (``nice``, 0-19,
                      default 10); their disk I/O goes to the lowest best-effort level too
                      (``ionice -c2 -n7``) unless 0. Orthanc's own C-STORE and REST come first.
+``EarlyCompletion``  ``true`` (default): convert a series as soon as its instance count reaches
+                     the count its headers announce (a whole multi-frame instance,
+                     ImagesInAcquisition x temporal positions, a Siemens mosaic's repetitions;
+                     :mod:`converters.completeness`), before Orthanc calls it stable; a later
+                     instance converts it again at ``STABLE_SERIES``, replacing the file set.
+                     ``false``: every series waits for ``StableAge``.
 ``JobTimeout``       seconds a job may run before its worker is killed and the job retried;
                      default 1800.
 ``Python``           interpreter that runs the workers (the project's venv); default: the venv
@@ -117,6 +123,8 @@ class PluginConfig:
     basic_auth: bool = False
     #: Orthanc's own ``StableAge`` (seconds without a new instance before a series is stable).
     stable_age: float = 60.0
+    #: ``EarlyCompletion``: convert a series once its headers prove it complete, before StableAge.
+    early_completion: bool = True
 
     def dataset_roots(self) -> dict[str, Path]:
         return dict(self.datasets or {"default": self.bids_root})
@@ -136,6 +144,7 @@ _KNOWN_KEYS = {
     "RetryMaxSeconds",
     "WorkerMemoryMB",
     "WorkerNice",
+    "EarlyCompletion",
     "Python",
     "OrthancUrl",
     "RestUsername",
@@ -399,4 +408,5 @@ def parse_config(orthanc_config: dict[str, Any]) -> PluginConfig:
         user_header=user_header,
         basic_auth=basic_auth,
         stable_age=_stable_age(orthanc_config),
+        early_completion=_bool(section, "EarlyCompletion", True),
     )

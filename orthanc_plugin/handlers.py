@@ -12,7 +12,8 @@ Handler contract (the worker, :mod:`orthanc_plugin.worker`, is the only caller):
 * it never touches the job's state itself (the worker records the outcome) — except queueing
   follow-up jobs (a conversion queues its ``push`` jobs).
 
-``convert`` stages, in order: :mod:`.routing_stage` (rules), :mod:`.acquisition_stage` (wait
+``convert`` stages, in order: :mod:`.completeness_stage` (an ``early`` job waits until its
+series is complete or stable), :mod:`.routing_stage` (rules), :mod:`.acquisition_stage` (wait
 for the other series of an acquisition exported as several series), forwards, conversion into
 each dataset the rules name (:mod:`converters`), derivations (:mod:`.derive_stage`), pushes.
 """
@@ -34,6 +35,7 @@ from converters.errors import BidsBridgeError, ConversionError
 from converters.records import SeriesResult, SkipCode
 
 from .acquisition_stage import Acquisition, find_acquisition
+from .completeness_stage import EARLY_POLL_SECONDS, instances_digest, look, unchanged_since_early
 from .derivations import DERIVATION_NAMES, DerivationName
 from .derive_stage import FOREIGN_DERIVED_CLASSES, derive, reverse_convert, segment, sop_class_of
 from .job_queue import JobQueue
@@ -51,6 +53,7 @@ from .jobs import (
     ReverseResult,
     SegmentJob,
     SegmentResult,
+    UnchangedResult,
 )
 from .push_stage import push
 from .rest_client import OrthancApi
@@ -258,11 +261,39 @@ def _finish_conversion(ctx: JobContext, decision: Decision, conversions: dict[st
     return Outcome("done" if made else "skipped", result, tuple(outputs), "; ".join(problems) or why)
 
 
+def _early_wait(ctx: JobContext) -> Deferred | None:
+    """An ``early`` job waits until its series is complete by its headers, or stable."""
+    if ctx.job.trigger != "early":
+        return None
+    state = look(ctx.client, ctx.job.series)
+    if state.ready:
+        if state.complete:
+            logger.info("series %s complete before StableAge: %s", ctx.job.series, state.describe())
+        return None
+    return Deferred(EARLY_POLL_SECONDS, f"early completion: {state.describe()}", ctx.job.waiting_since or time.time())
+
+
+def _already_converted_early(ctx: JobContext, info: SeriesInfo) -> Outcome | None:
+    """A stable job after an early conversion made from these very instances has nothing to do."""
+    previous = unchanged_since_early(ctx.queue, ctx.job, info.instances)
+    if previous is None or previous.result is None:
+        return None
+    note = f"already converted from these {info.instance_count} instance(s) by job {previous.id}, before StableAge"
+    return Outcome("done", UnchangedResult(previous.result, note), previous.outputs, previous.error)
+
+
 def handle_convert(ctx: JobContext) -> Outcome | Deferred:
-    """Rules, (waiting for the rest of an acquisition,) forwards, conversion, derivations, pushes."""
+    """(Early completion,) rules, (waiting for the rest of an acquisition,) forwards,
+    conversion, derivations, pushes."""
+    waiting = _early_wait(ctx)
+    if waiting is not None:
+        return waiting
     info = fetch_series_info(ctx.client, ctx.job.series)
     if info.instance_count == 0:
         return Outcome("skipped", reason=f"series {ctx.job.series} has no instances")
+    done = _already_converted_early(ctx, info)
+    if done is not None:
+        return done
     if info.tags.get("SOPClassUID") in FOREIGN_DERIVED_CLASSES:
         return _reverse(ctx, info)
     decision = decide(ctx.rules, info)
@@ -289,7 +320,8 @@ def handle_convert(ctx: JobContext) -> Outcome | Deferred:
         for member in acquisition.members:
             ctx.client.download_series(member.orthanc_id, ctx.dicom_dir / member.orthanc_id)
     else:
-        ctx.client.download_series(ctx.job.series, ctx.dicom_dir)
+        paths = ctx.client.download_series(ctx.job.series, ctx.dicom_dir)
+        record = replace(record, instances_digest=instances_digest(path.stem for path in paths))
     return _finish_conversion(ctx, decision, _convert_into(ctx, decision), record)
 
 

@@ -7,7 +7,8 @@ Kinds (:data:`JobKind`) and their records:
 kind        parameters             result
 ==========  =====================  =================================================================
 convert     :class:`ConvertJob`    :class:`ConvertResult` (or :class:`ReverseResult` for a SEG /
-                                   Parametric Map from another tool)
+                                   Parametric Map from another tool; :class:`UnchangedResult`
+                                   when an early conversion made it from the same instances)
 segment     :class:`SegmentJob`    :class:`SegmentResult`
 push        :class:`PushJob`       :class:`PushResult`
 ==========  =====================  =================================================================
@@ -67,6 +68,7 @@ __all__ = [
     "SegmentResult",
     "SegmentationType",
     "StageOutcome",
+    "UnchangedResult",
     "params_from_json",
     "params_to_json",
 ]
@@ -212,6 +214,8 @@ class ConvertResult:
     push_jobs: tuple[int, ...] = ()
     #: E.g. "already converted from these instances (by another part's job)".
     note: str | None = None
+    #: Digest of the Orthanc instances converted (:func:`.completeness_stage.instances_digest`).
+    instances_digest: str | None = None
 
     @property
     def dataset_root(self) -> str | None:
@@ -241,6 +245,8 @@ class ConvertResult:
             record["dataset_root"] = self.dataset_root
         if self.note is not None:
             record["note"] = self.note
+        if self.instances_digest is not None:
+            record["instances_digest"] = self.instances_digest
         return record
 
     @classmethod
@@ -251,8 +257,9 @@ class ConvertResult:
             name: DatasetConversion(str(item["dataset_root"]), _series_from_json(item))
             for name, item in (record.get("conversion") or {}).items()
         }
+        digest = record.get("instances_digest")
         return cls(series=_series_from_json(record), decision=decision, conversions=conversions,
-                   note=record.get("note"))
+                   note=record.get("note"), instances_digest=None if digest is None else str(digest))
 
 
 @dataclass(frozen=True)
@@ -290,7 +297,19 @@ class PushResult:
         return {"push": self.push.to_dict()}
 
 
-JobResult = ConvertResult | ReverseResult | SegmentResult | PushResult
+@dataclass(frozen=True)
+class UnchangedResult:
+    """A conversion with nothing to do: an earlier job converted the very same instances. Its
+    stored result is repeated (what the routes read: files, derivations), with ``note``."""
+
+    earlier: Mapping[str, Any]
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.earlier, "note": self.note}
+
+
+JobResult = ConvertResult | ReverseResult | SegmentResult | PushResult | UnchangedResult
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,11 @@ class BidsBridgePlugin:
             if change_type == orthanc.ChangeType.STABLE_SERIES:
                 job_id = self.queue.enqueue(resource_id, "stable", ConvertJob())
                 logger.info("series %s is stable: job %d queued", resource_id, job_id)
+            elif change_type == orthanc.ChangeType.NEW_SERIES and self.config.early_completion:
+                # Converted once its headers prove it complete (:mod:`.completeness_stage`); a
+                # STABLE_SERIES while this job still waits joins it.
+                job_id = self.queue.enqueue(resource_id, "early", ConvertJob())
+                logger.info("series %s is arriving: job %d waits for it to be complete", resource_id, job_id)
             elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
                 self.start()
             elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:

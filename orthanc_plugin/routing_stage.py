@@ -1,7 +1,7 @@
 """Worker stage: what the routing rules decide for a series, and the forwards they ask for.
 
-The decision is taken in the worker, at job time, from the series' facts as Orthanc has them
-(the first instance's tags and its reception metadata: calling AET, called AET, remote IP), with
+The decision is taken in the worker, at job time, from the series' facts (the first instance's
+tags, read from its file, and Orthanc's reception metadata: calling AET, called AET, remote IP), with
 the rules the plugin accepted: the plugin's :class:`~orthanc_plugin.rules.RulesHolder` checks
 every edit of the admin's file and writes the accepted bytes as a snapshot in the state
 directory when it accepts them; workers read only that snapshot (:class:`RulesSnapshot`), so a
@@ -19,6 +19,7 @@ from typing import Any
 
 from converters.errors import BidsBridgeError
 
+from .instance_tags import read_tags
 from .jobs import ForwardRecord
 from .rest_client import OrthancApi, OrthancError
 from .rules import (
@@ -65,6 +66,8 @@ class SeriesInfo:
     instance_count: int
     #: Orthanc id of the study the series belongs to.
     study_id: str = ""
+    #: Orthanc ids of its instances, sorted.
+    instances: tuple[str, ...] = ()
 
 
 class RulesSnapshot:
@@ -97,10 +100,10 @@ def fetch_series_info(client: OrthancApi, series_id: str) -> SeriesInfo:
     if not instances:
         return SeriesInfo(facts_from_orthanc({}, {}, instance_count=0, orthanc_id=series_id), {}, 0)
     first = instances[0]
-    tags = client.get_json(f"/instances/{first}/simplified-tags")
+    tags = read_tags(client, first)
     metadata = client.get_json(f"/instances/{first}/metadata?expand")
     facts = facts_from_orthanc(tags, metadata, instance_count=len(instances), orthanc_id=series_id)
-    return SeriesInfo(facts, tags, len(instances), str(series.get("ParentStudy", "")))
+    return SeriesInfo(facts, tags, len(instances), str(series.get("ParentStudy", "")), tuple(instances))
 
 
 def decide(rules: RulesSnapshot, info: SeriesInfo) -> Decision:

@@ -167,7 +167,7 @@ def test_state_changing_routes_need_a_writer(run: Run) -> None:
         assert "BidsBridge.Writers" in error["error"]
         accepted = run.post(path, "admin", **options)
         assert accepted.status_code == 202, (name, accepted.text)
-        assert accepted.json()["state"] == "queued"
+        assert accepted.json()["state"] in ("queued", "running")  # idle workers are woken at once
         accepted_ids.append(accepted.json()["id"])
     # Only the admin's writes made jobs (a conversion asked for while the retried one is still
     # queued joins it), and they ran to their end.
@@ -193,7 +193,10 @@ def test_the_plugins_own_token_counts_as_a_writer(run: Run) -> None:
     retried = requests.post(f"{run.url}/bidsbridge/jobs/{push['id']}/retry", headers={"Authorization": token},
                             timeout=30)
     assert retried.status_code == 202, retried.text
-    assert all(job["state"] == "done" for job in run.wait_all_terminal())
+    jobs = run.wait_all_terminal()
+    # Every job did its work; the SEG the segment job stored back is a series of its own, which
+    # is skipped as made by bidsbridge.
+    assert all(job["state"] == "done" or "made by bidsbridge" in (job["error"] or "") for job in jobs), jobs
 
 
 def _basic(user: str, password: str) -> str:

@@ -29,8 +29,8 @@ class Plant:
     rules: RulesSnapshot
     root: Path
 
-    def claim(self, series_id: str, params: JobParams | None = None) -> Job:
-        self.queue.enqueue(series_id, "stable", params or ConvertJob())
+    def claim(self, series_id: str, params: JobParams | None = None, trigger: str = "stable") -> Job:
+        self.queue.enqueue(series_id, trigger, params or ConvertJob())
         job = self.queue.claim(os.getpid())  # as this process's worker would
         assert job is not None and job.series == series_id
         return job
