@@ -9,7 +9,7 @@ APT_PACKAGES := orthanc orthanc-python dcmtk dicom3tools python3-venv
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install demo test lint unit bench profile clean
 
 install: $(STAMP)
 
@@ -47,7 +47,13 @@ test: lint unit
 bench: install
 	@[ -e /usr/share/orthanc/plugins/libOrthancNeuro.so ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends orthanc-neuro >/dev/null; }
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) benchmarks/bench.py --json benchmarks/results.json
+
+# Where a convert job spends its time (pyinstrument call trees; findings in benchmarks/README.md).
+profile: install
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) benchmarks/profile_convert.py
 
 clean:
 	rm -rf $(VENV) demo-work bidsbridge-work *.egg-info

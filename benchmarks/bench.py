@@ -574,7 +574,8 @@ def b1_stable_to_published(ctx: Context) -> B1Result:
             for source in sources for repeat in range(ctx.repeats)]
     copies = dict(zip([(job[2]) for job in jobs], remap_copies(jobs), strict=True))
     # From created_at (the STABLE_SERIES callback) on, StableAge plays no part: 1 s saves run time.
-    with Server(ctx, work / "server", stable_age=B1_STABLE_AGE) as server:
+    # Early completion off: B1 measures the STABLE_SERIES path (B7 measures early completion).
+    with Server(ctx, work / "server", stable_age=B1_STABLE_AGE, bidsbridge={"EarlyCompletion": False}) as server:
         server.wait_workers()
         per: list[B1Series] = []
         for source in sources:
