@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from converters.regroup import AcquisitionHints, acquisition_key, acquisition_uid, sources_digest
@@ -103,10 +104,11 @@ def _number(value: Any) -> int | None:
 
 
 def find_acquisition(
-    client: OrthancApi, series_id: str, tags: Mapping[str, Any], study_id: str
+    client: OrthancApi, series_id: str, tags: Mapping[str, Any], study_id: str, folder: Path
 ) -> Acquisition | None:
     """The acquisition the series ``series_id`` (first instance's ``tags``) is a part of, with
-    every part in Orthanc's study ``study_id``; None when the series is no such part."""
+    every part in Orthanc's study ``study_id``; None when the series is no such part. The other
+    candidates' first instances are downloaded into ``folder`` (and used again if converted)."""
     key = acquisition_key(hints_from_tags(tags))
     if not key:
         return None
@@ -121,7 +123,7 @@ def find_acquisition(
             if str(main.get("SeriesDescription", "")).strip() != description:
                 continue
             try:
-                other = read_tags(client, instances[0])
+                other, _ = read_tags(client, instances[0], folder)
             except SeriesNotFound:  # deleted meanwhile
                 continue
             if acquisition_key(hints_from_tags(other)) != key:

@@ -94,6 +94,15 @@ class JobContext:
     def dicom_dir(self) -> Path:
         return self.scratch / "dicom"
 
+    @property
+    def first_dir(self) -> Path:
+        """Where first instances fetched for their tags are kept (then moved into :attr:`dicom_dir`)."""
+        return self.scratch / "first"
+
+    def fetched(self) -> dict[str, Path]:
+        """The instance files in :attr:`first_dir`, by Orthanc id (``download_series(have=)``)."""
+        return {path.stem: path for path in self.first_dir.glob("*.dcm")}
+
     def datasets(self) -> dict[str, Path]:
         roots = self.settings.datasets or {"default": self.settings.bids_root}
         return {name: Path(root) for name, root in roots.items()}
@@ -128,7 +137,7 @@ def _own_series(decision: Decision, *, reason: str | None = None, reason_code: S
 
 def _reverse(ctx: JobContext, info: SeriesInfo) -> Outcome:
     """A SEG or Parametric Map from another tool: NIfTI into the derivatives of its source."""
-    files = ctx.client.download_series(ctx.job.series, ctx.dicom_dir)
+    files = ctx.client.download_series(ctx.job.series, ctx.dicom_dir, have=ctx.fetched())
     made = reverse_convert(files, Path(ctx.settings.bids_root), wait_for_source=ctx.job.attempts < ctx.job.max_attempts)
     result = ReverseResult(str(info.tags.get("SeriesInstanceUID", "")), str(info.tags.get("SeriesDescription", "")),
                            made)
@@ -155,7 +164,8 @@ def _await_acquisition(ctx: JobContext, info: SeriesInfo) -> Acquisition | Defer
     """For a series that is one part of an acquisition exported as several series: the
     acquisition once every part is stable and no other part's job converts it (its lock is then
     held until the job is recorded), else a :class:`Deferred`; None for any other series."""
-    found = find_acquisition(ctx.client, ctx.job.series, info.tags, info.study_id) if info.study_id else None
+    found = (find_acquisition(ctx.client, ctx.job.series, info.tags, info.study_id, ctx.first_dir)
+             if info.study_id else None)
     if found is None or len(found.members) < 2:
         return None
     since = ctx.job.waiting_since or time.time()
@@ -288,7 +298,7 @@ def handle_convert(ctx: JobContext) -> Outcome | Deferred:
     waiting = _early_wait(ctx)
     if waiting is not None:
         return waiting
-    info = fetch_series_info(ctx.client, ctx.job.series)
+    info = fetch_series_info(ctx.client, ctx.job.series, ctx.first_dir)
     if info.instance_count == 0:
         return Outcome("skipped", reason=f"series {ctx.job.series} has no instances")
     done = _already_converted_early(ctx, info)
@@ -318,9 +328,9 @@ def handle_convert(ctx: JobContext) -> Outcome | Deferred:
             note = f"{acquisition.describe()} already converted from these instances (by another part's job)"
             return Outcome("done", replace(record, series=series, note=note), outputs)
         for member in acquisition.members:
-            ctx.client.download_series(member.orthanc_id, ctx.dicom_dir / member.orthanc_id)
+            ctx.client.download_series(member.orthanc_id, ctx.dicom_dir / member.orthanc_id, have=ctx.fetched())
     else:
-        paths = ctx.client.download_series(ctx.job.series, ctx.dicom_dir)
+        paths = ctx.client.download_series(ctx.job.series, ctx.dicom_dir, have=ctx.fetched())
         record = replace(record, instances_digest=instances_digest(path.stem for path in paths))
     return _finish_conversion(ctx, decision, _convert_into(ctx, decision), record)
 

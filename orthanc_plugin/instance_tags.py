@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -27,7 +28,7 @@ from converters.errors import DicomInputError
 
 from .rest_client import OrthancApi
 
-__all__ = ["SEQUENCES", "instance_tags", "read_tags"]
+__all__ = ["SEQUENCES", "file_tags", "instance_tags", "read_tags"]
 
 #: Sequences rendered (RelatedSeriesSequence: how the parts of an acquisition find each other).
 SEQUENCES = frozenset({0x00081250})
@@ -67,11 +68,20 @@ def instance_tags(data: bytes, *, sequences: Collection[int] = SEQUENCES) -> dic
     return _render(ds)
 
 
-def read_tags(client: OrthancApi, instance: str) -> dict[str, Any]:
-    """The simplified tags of Orthanc's instance ``instance``, read from its file."""
-    data = client.get_bytes(f"/instances/{instance}/file")
+def file_tags(path: Path, *, sequences: Collection[int] = SEQUENCES) -> dict[str, Any]:
+    """:func:`instance_tags` of a file on disk (read up to its pixel data, never into memory whole)."""
+    with path.open("rb") as fp:
+        ds = read_header(fp, path.stat().st_size, sequences=sequences, private=True, last_group=_ALL_GROUPS,
+                         walk_sequences=True)
+    return _render(ds)
+
+
+def read_tags(client: OrthancApi, instance: str, folder: Path) -> tuple[dict[str, Any], Path]:
+    """The simplified tags of Orthanc's instance ``instance`` and its file, downloaded into
+    ``folder`` (kept: the conversion uses it instead of fetching it again)."""
+    path = client.download_instance(instance, folder / f"{instance}.dcm")
     try:
-        return instance_tags(data)
+        return file_tags(path), path
     except Exception as exc:  # pydicom raises many types on damaged files
         raise DicomInputError(f"Orthanc instance {instance}: unreadable DICOM header ({type(exc).__name__}: {exc})") \
             from exc

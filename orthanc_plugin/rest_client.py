@@ -7,6 +7,7 @@ minted (``Authorization`` header) or by configured credentials.  Credentials are
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,7 +53,10 @@ class OrthancApi(Protocol):
 
     def series_instances(self, series_id: str) -> list[str]: ...
 
-    def download_series(self, series_id: str, target: Path, *, threads: int = 4) -> list[Path]: ...
+    def download_instance(self, instance: str, path: Path) -> Path: ...
+
+    def download_series(self, series_id: str, target: Path, *, threads: int = 4,
+                        have: Mapping[str, Path] | None = None) -> list[Path]: ...
 
 
 class OrthancRestClient:
@@ -127,18 +131,29 @@ class OrthancRestClient:
         series = self.get_json(f"/series/{series_id}")
         return sorted(series["Instances"])
 
-    def download_series(self, series_id: str, target: Path, *, threads: int = 4) -> list[Path]:
-        """Write every instance file of ``series_id`` into ``target``; return the paths."""
+    def download_instance(self, instance: str, path: Path) -> Path:
+        """Stream one instance file to ``path`` (1 MiB at a time: an enhanced file of gigabytes
+        never sits in memory); return ``path``."""
+        response = self._get(f"/instances/{instance}/file", stream=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                handle.write(chunk)
+        return path
+
+    def download_series(self, series_id: str, target: Path, *, threads: int = 4,
+                        have: Mapping[str, Path] | None = None) -> list[Path]:
+        """Write every instance file of ``series_id`` into ``target``; return the paths.
+        ``have``: files of some of its instances already downloaded (moved into ``target``)."""
         instances = self.series_instances(series_id)
         target.mkdir(parents=True, exist_ok=True)
+        ready = dict(have or {})
 
         def fetch(instance: str) -> Path:
-            response = self._get(f"/instances/{instance}/file", stream=True)
             path = target / f"{instance}.dcm"
-            with path.open("wb") as handle:
-                for chunk in response.iter_content(chunk_size=1 << 20):
-                    handle.write(chunk)
-            return path
+            if instance in ready and ready[instance].is_file():
+                return ready[instance].replace(path)
+            return self.download_instance(instance, path)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             return list(pool.map(fetch, instances))

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ class SeriesInfo:
     study_id: str = ""
     #: Orthanc ids of its instances, sorted.
     instances: tuple[str, ...] = ()
+    #: Instance files downloaded already (the first), by Orthanc id: for ``download_series(have=)``.
+    downloaded: Mapping[str, Path] = field(default_factory=dict)
 
 
 class RulesSnapshot:
@@ -94,16 +97,19 @@ class RulesSnapshot:
         return self._rules
 
 
-def fetch_series_info(client: OrthancApi, series_id: str) -> SeriesInfo:
+def fetch_series_info(client: OrthancApi, series_id: str, folder: Path) -> SeriesInfo:
+    """The series' facts, from its first instance, whose file is downloaded into ``folder``
+    (:attr:`SeriesInfo.downloaded`)."""
     series = client.get_json(f"/series/{series_id}")
     instances = sorted(series["Instances"])
     if not instances:
         return SeriesInfo(facts_from_orthanc({}, {}, instance_count=0, orthanc_id=series_id), {}, 0)
     first = instances[0]
-    tags = read_tags(client, first)
+    tags, path = read_tags(client, first, folder)
     metadata = client.get_json(f"/instances/{first}/metadata?expand")
     facts = facts_from_orthanc(tags, metadata, instance_count=len(instances), orthanc_id=series_id)
-    return SeriesInfo(facts, tags, len(instances), str(series.get("ParentStudy", "")), tuple(instances))
+    return SeriesInfo(facts, tags, len(instances), str(series.get("ParentStudy", "")), tuple(instances),
+                      {first: path})
 
 
 def decide(rules: RulesSnapshot, info: SeriesInfo) -> Decision:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ class FakeOrthanc:
     forwards: list[tuple[str, Any]] = field(default_factory=list)
     stored: list[bytes] = field(default_factory=list)
     downloads: list[str] = field(default_factory=list)
+    #: Every instance file fetched (by ``download_instance``, directly or for a series).
+    fetched: list[str] = field(default_factory=list)
     #: What ``/jobs/{id}`` reports for a forward's Orthanc job.
     job_state: str = "Success"
 
@@ -128,12 +130,24 @@ class FakeOrthanc:
             raise SeriesNotFound(f"Orthanc has no resource /series/{series_id}")
         return sorted(self.series[series_id])
 
-    def download_series(self, series_id: str, target: Path, *, threads: int = 4) -> list[Path]:
+    def download_instance(self, instance: str, path: Path) -> Path:
+        if instance not in self.instances:
+            raise SeriesNotFound(f"Orthanc has no resource /instances/{instance}/file")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.instances[instance].path, path)
+        self.fetched.append(instance)
+        return path
+
+    def download_series(self, series_id: str, target: Path, *, threads: int = 4,
+                        have: Mapping[str, Path] | None = None) -> list[Path]:
         self.downloads.append(series_id)
         target.mkdir(parents=True, exist_ok=True)
         written = []
         for instance_id in self.series_instances(series_id):
             destination = target / f"{instance_id}.dcm"
-            shutil.copyfile(self.instances[instance_id].path, destination)
+            if have and instance_id in have and have[instance_id].is_file():
+                have[instance_id].replace(destination)
+            else:
+                self.download_instance(instance_id, destination)
             written.append(destination)
         return written

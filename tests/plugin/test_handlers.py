@@ -38,6 +38,7 @@ def test_a_series_is_converted_into_the_dataset(plant: Plant, run: Run, corpus: 
     ]
     assert all((plant.root / p).is_file() for p in outcome.outputs)
     assert plant.orthanc.downloads == [series_id]
+    assert plant.orthanc.fetched == plant.orthanc.series[series_id]  # read for its tags, then converted: once
     # The stored form reads back as the same record (what the nifti route relies on).
     assert ConvertResult.from_json(result.to_json()).filed_as == result.series.series_uid
 

@@ -49,3 +49,17 @@ def test_downloads_ask_orthanc_not_to_compress(server: str, tmp_path: Path) -> N
     assert path.read_bytes() == b"DICM-bytes"
     assert len(_Recorder.seen) == 2
     assert all(headers.get("Accept-Encoding") == "identity" for headers in _Recorder.seen)
+
+
+def test_an_instance_fetched_already_is_moved_in_not_fetched_again(server: str, tmp_path: Path) -> None:
+    """The first instance is fetched for its tags (routing); the conversion uses that file."""
+    _Recorder.seen.clear()
+    client = OrthancRestClient(server)
+    try:
+        first = client.download_instance("i1", tmp_path / "first" / "i1.dcm")
+        assert len(_Recorder.seen) == 1 and first.read_bytes() == b"DICM-bytes"
+        (path,) = client.download_series("s1", tmp_path / "dicom", have={"i1": first})
+    finally:
+        client.close()
+    assert path == tmp_path / "dicom" / "i1.dcm" and path.read_bytes() == b"DICM-bytes" and not first.exists()
+    assert len(_Recorder.seen) == 2  # the instance, then only the series document

@@ -23,12 +23,13 @@ def test_series_facts_and_the_default_decision(corpus: Path, tmp_path: Path) -> 
     orthanc = FakeOrthanc(calling_aet="PRISMA")
     (t1,) = orthanc.add_folder(_folder(corpus, "dcm_qa_xa30", "5_"))
     (report,) = orthanc.add_folder(_folder(corpus, "dcm_qa_xa30", "99_"))
-    info = fetch_series_info(orthanc, t1)
+    info = fetch_series_info(orthanc, t1, tmp_path / "first")
     assert info.instance_count == 1 and info.study_id == orthanc.study_of[t1]
+    assert list(info.downloaded) == [orthanc.series[t1][0]] and info.downloaded[orthanc.series[t1][0]].is_file()
     assert info.facts.source.calling_aet == "PRISMA" and info.facts.attributes["Modality"] == "MR"
     rules = RulesSnapshot(tmp_path, None, None)
     assert decide(rules, info).outcome == "convert"
-    assert decide(rules, fetch_series_info(orthanc, report)).outcome == "skip"
+    assert decide(rules, fetch_series_info(orthanc, report, tmp_path / "first")).outcome == "skip"
 
 
 def test_forwards_run_as_orthanc_jobs_and_a_failed_one_is_retryable(corpus: Path) -> None:
@@ -42,19 +43,19 @@ def test_forwards_run_as_orthanc_jobs_and_a_failed_one_is_retryable(corpus: Path
     assert caught.value.retryable and "peer unreachable" in str(caught.value)
 
 
-def test_the_parts_of_an_acquisition_are_found_with_their_stability(corpus: Path) -> None:
+def test_the_parts_of_an_acquisition_are_found_with_their_stability(corpus: Path, tmp_path: Path) -> None:
     orthanc = FakeOrthanc()
     ids = [s for part in sorted((corpus / "dcm_qa_xa30i_bold" / "In").iterdir()) for s in orthanc.add_folder(part)]
     (other,) = orthanc.add_folder(_folder(corpus, "dcm_qa_xa30", "5_"))
     orthanc.unstable = {ids[2]}
-    info = fetch_series_info(orthanc, ids[0])
-    found = find_acquisition(orthanc, ids[0], info.tags, info.study_id)
+    info = fetch_series_info(orthanc, ids[0], tmp_path)
+    found = find_acquisition(orthanc, ids[0], info.tags, info.study_id, tmp_path)
     assert found is not None and [m.series_number for m in found.members] == list(range(7001, 7007))
     assert [m.orthanc_id for m in found.unstable] == [ids[2]]
     assert found.uid.startswith("2.25.") and "6 series" in found.describe()
     # Another series (a whole enhanced acquisition) is no part of any.
-    t1 = fetch_series_info(orthanc, other)
-    assert find_acquisition(orthanc, other, t1.tags, t1.study_id) is None
+    t1 = fetch_series_info(orthanc, other, tmp_path)
+    assert find_acquisition(orthanc, other, t1.tags, t1.study_id, tmp_path) is None
     hints = hints_from_tags(info.tags)
     assert "MFSPLIT" in hints.image_type and any("121326" in codes for _uid, codes in hints.related)
 
