@@ -18,12 +18,12 @@ the early conversion replaces its file set, never adds a second one.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from converters.completeness import Expectation, expected_instances
 
@@ -73,18 +73,20 @@ def instances_digest(instances: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(instances)).encode("ascii")).hexdigest()[:32]
 
 
-def _expectation(client: OrthancApi, series_id: str, instance: str) -> Expectation | None:
+def _expectation(client: OrthancApi, series_id: str, instance: str, folder: Path) -> Expectation | None:
     key = (series_id, instance)
     if key in _expectations:
         _expectations.move_to_end(key)
         return _expectations[key]
     import pydicom  # noqa: PLC0415 - workers only; the plugin inside Orthanc never imports this module
 
-    data = client.get_bytes(f"/instances/{instance}/file")
+    path = folder / f"{instance}.dcm"  # streamed, kept: the conversion moves it in (handlers.JobContext)
+    if not path.is_file():
+        client.download_instance(instance, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nibabel's "experimental DICOM readers" notice (mosaic CSA)
-            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            header = pydicom.dcmread(path, stop_before_pixels=True)
             found = expected_instances(header)
     except Exception as exc:  # an unreadable header proves nothing; the conversion will say what is wrong
         logger.info("series %s: instance %s unreadable for early completion: %s", series_id, instance, exc)
@@ -95,14 +97,15 @@ def _expectation(client: OrthancApi, series_id: str, instance: str) -> Expectati
     return found
 
 
-def look(client: OrthancApi, series_id: str) -> Completeness:
-    """The series' state now (one ``/series`` call; the first instance's header once per worker)."""
+def look(client: OrthancApi, series_id: str, folder: Path) -> Completeness:
+    """The series' state now (one ``/series`` call; the first instance's header once per worker,
+    its file downloaded into ``folder``)."""
     series = client.get_json(f"/series/{series_id}")
     instances = tuple(sorted(series.get("Instances") or ()))
     stable = bool(series.get("IsStable", False))
     if stable or not instances:
         return Completeness(instances, stable, None)
-    return Completeness(instances, False, _expectation(client, series_id, instances[0]))
+    return Completeness(instances, False, _expectation(client, series_id, instances[0], folder))
 
 
 def unchanged_since_early(queue: JobQueue, job: Job, instances: Iterable[str]) -> Job | None:

@@ -275,7 +275,7 @@ def _early_wait(ctx: JobContext) -> Deferred | None:
     """An ``early`` job waits until its series is complete by its headers, or stable."""
     if ctx.job.trigger != "early":
         return None
-    state = look(ctx.client, ctx.job.series)
+    state = look(ctx.client, ctx.job.series, ctx.first_dir)
     if state.ready:
         if state.complete:
             logger.info("series %s complete before StableAge: %s", ctx.job.series, state.describe())

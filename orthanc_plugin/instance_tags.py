@@ -79,7 +79,9 @@ def file_tags(path: Path, *, sequences: Collection[int] = SEQUENCES) -> dict[str
 def read_tags(client: OrthancApi, instance: str, folder: Path) -> tuple[dict[str, Any], Path]:
     """The simplified tags of Orthanc's instance ``instance`` and its file, downloaded into
     ``folder`` (kept: the conversion uses it instead of fetching it again)."""
-    path = client.download_instance(instance, folder / f"{instance}.dcm")
+    path = folder / f"{instance}.dcm"
+    if not path.is_file():  # fetched already by this job (early completion's look)
+        client.download_instance(instance, path)
     try:
         return file_tags(path), path
     except Exception as exc:  # pydicom raises many types on damaged files
