@@ -30,11 +30,12 @@ if TYPE_CHECKING:
     from converters.bids.naming import sanitize_label
     from converters.classify import Override
     from converters.labels import Labels
-    from converters.pipeline import convert_series, convert_tree
+    from converters.pipeline import ConvertProgress, convert_series, convert_tree
 
 __all__ = [
     "BidsBridgeError",
     "ConversionError",
+    "ConvertProgress",
     "DatasetError",
     "Dcm2niixError",
     "DicomInputError",
@@ -54,6 +55,7 @@ __all__ = [
 #: use the standard library alone, so Orthanc's interpreter can import them before the venv's
 #: packages are on its path).
 _LAZY = {
+    "ConvertProgress": "converters.pipeline",
     "convert_series": "converters.pipeline",
     "convert_tree": "converters.pipeline",
     "converted_sources": "converters.bids.manifests",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -45,7 +45,7 @@ from converters.records import (
 from converters.regroup import regroup, sources_digest
 from converters.split import ImageSet, deduplicate, partition
 
-__all__ = ["convert_series", "convert_tree"]
+__all__ = ["ConvertProgress", "convert_series", "convert_tree"]
 
 logger = logging.getLogger(__name__)
 
@@ -365,6 +365,38 @@ def _per_part(result: SeriesResult, unit: DicomSeries) -> list[SeriesResult]:
     ]
 
 
+@dataclass(frozen=True)
+class ConvertProgress:
+    """What :func:`convert_tree` tells its ``progress`` callback each time a series is finished."""
+
+    #: Input series finished so far (this one included), 1 to ``total``.
+    done: int
+    #: Input series found (the stray files that belong to no series are not counted).
+    total: int
+    #: The result of the series just finished. Its ``outputs`` are the files it published; a later
+    #: true repeat may still renumber them (:func:`convert_tree` returns where they end up).
+    result: SeriesResult
+
+
+class _Reporter:
+    """Counts finished series and tells the callback, one call per input series."""
+
+    def __init__(self, total: int, callback: Callable[[ConvertProgress], None] | None) -> None:
+        self.total = total
+        self.done = 0
+        self._callback = callback
+
+    def finished(self, results: Sequence[SeriesResult]) -> None:
+        for result in results:
+            self.done += 1
+            if self._callback is None:
+                continue
+            try:
+                self._callback(ConvertProgress(self.done, self.total, result))
+            except Exception:  # the callback only observes: it must not stop the conversion
+                logger.exception("the progress callback failed on %s/%s (ignored)", self.done, self.total)
+
+
 def convert_tree(
     input_dir: Path,
     dataset_root: Path,
@@ -374,10 +406,16 @@ def convert_tree(
     overrides: Sequence[Override] = (),
     labels: Labels | None = None,
     jobs: int = 1,
+    progress: Callable[[ConvertProgress], None] | None = None,
 ) -> list[SeriesResult]:
     """Discover and convert every series under ``input_dir``; one bad series never stops the others.
 
     ``jobs`` > 1 converts that many series at a time, in worker processes.
+
+    ``progress`` is called in the calling thread with a :class:`ConvertProgress` once per input
+    series, as each finishes (with ``jobs`` > 1, in the order the workers finish; ``done``
+    counts 1, 2, ... ``total`` all the same, and the returned list keeps the discovery order).
+    It only observes: an exception it raises is logged and ignored.
 
     Series that are parts of one acquisition are converted together (:mod:`converters.regroup`);
     each input series still gives one result, with the files it owns once every series is in (a
@@ -394,21 +432,29 @@ def convert_tree(
     units = regroup(inventory.series)
     convert = partial(_convert_unit, root=root, subject=subject, session=session, overrides=tuple(overrides),
                       labels=labels or Labels())
-    results: list[SeriesResult] = []
+    reporter = _Reporter(sum(len(unit.parts) or 1 for unit in units), progress)
+    per_unit: list[list[SeriesResult]] = [[] for _unit in units]
     if jobs > 1 and len(units) > 1:
         # Worker processes of the interpreter itself (spawn: nothing of this process is shared);
         # the dataset lock orders their publishing, which gives the sequential run's dataset.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=context) as pool:
-            futures = [pool.submit(convert, unit) for unit in units]
-            for unit, future in zip(units, futures, strict=True):
+            futures: dict[Future[list[SeriesResult]], int] = {
+                pool.submit(convert, unit): index for index, unit in enumerate(units)
+            }
+            for future in as_completed(futures):
+                index = futures[future]
                 try:
-                    results.extend(future.result())
+                    per_unit[index] = future.result()
                 except Exception as exc:  # the process converting it died (killed, out of memory)
-                    results.extend(_per_part(_failed(unit, f"its conversion process died: {exc!r}"), unit))
+                    unit = units[index]
+                    per_unit[index] = _per_part(_failed(unit, f"its conversion process died: {exc!r}"), unit)
+                reporter.finished(per_unit[index])
     else:
-        for unit in units:
-            results.extend(convert(unit))
+        for index, unit in enumerate(units):
+            per_unit[index] = convert(unit)
+            reporter.finished(per_unit[index])
+    results = [result for finished in per_unit for result in finished]
     # A later series may have renamed an earlier one's files (runs of true repeats): report where
     # each series' files are now.
     results = [_current(root, result) if result.state == "converted" else result for result in results]

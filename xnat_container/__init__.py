@@ -26,13 +26,14 @@ from xnat_container.errors import (
 
 if TYPE_CHECKING:
     from xnat_container.check import CheckResult, check_destination
-    from xnat_container.push import PushReport, push_dataset, push_session
+    from xnat_container.push import PushReport, UploadProgress, push_dataset, push_session
 
 __all__ = [
     "CheckResult",
     "Destination",
     "PushReport",
     "Secret",
+    "UploadProgress",
     "XnatAuthError",
     "XnatConfigError",
     "XnatError",
@@ -52,6 +53,7 @@ _LAZY = {
     "CheckResult": "xnat_container.check",
     "check_destination": "xnat_container.check",
     "PushReport": "xnat_container.push",
+    "UploadProgress": "xnat_container.push",
     "push_dataset": "xnat_container.push",
     "push_session": "xnat_container.push",
 }

@@ -4,6 +4,10 @@
 by ``--config`` (or ``$BIDSBRIDGE_CONFIG``), or an XNAT URL; with a URL the credentials come from
 ``XNAT_USER`` / ``XNAT_PASS`` (the names XNAT's Container Service sets).
 
+``xnat push`` shows its progress in files and bytes on stderr: a bar on a terminal, else one line
+per file (``[12/40 files, 35.2MB/120MB] uploaded S_X scan 5 NIFTI/sub-S_T1w.nii.gz ...``);
+``--quiet`` turns it off.
+
 Exit status: 0 when the check passed / everything was delivered and verified; 1 when XNAT or
 the delivery failed (the message says whether retrying later can help); 2 for usage and
 configuration errors.
@@ -17,14 +21,20 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Only the standard library and the light configuration modules (which the package imports
 # anyway) load here; the handlers import the delivery (xnat-py, requests, pydicom) when they
-# run, so that building the parser (`bidsbridge --help`) stays fast.
+# run, so that building the parser (`bidsbridge --help`) stays fast (the progress display imports
+# tqdm when it runs).
+from converters.cli_progress import ProgressDisplay, format_bytes
 from xnat_container.destinations import Destination, destination_from_url, parse_destinations
 from xnat_container.errors import XnatConfigError, XnatError
+
+if TYPE_CHECKING:
+    from xnat_container.push import UploadProgress
 
 __all__ = ["main", "register"]
 
@@ -63,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     push.add_argument("--subject", default=None, help="only this BIDS subject (label without sub-)")
     push.add_argument("--session", default=None, help="only this BIDS session (label without ses-; needs --subject)")
     push.add_argument("--report", type=Path, default=None, help="write the delivery reports to this JSON file")
+    push.add_argument("-q", "--quiet", action="store_true",
+                      help="no progress on stderr (default: a bar on a terminal, else a line per file)")
     push.set_defaults(handler=run_push)
 
 
@@ -115,6 +127,15 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _show_upload(display: ProgressDisplay, event: UploadProgress) -> None:
+    """``[12/40 files, 35.2MB/120MB] uploaded S_X scan 5 NIFTI/sub-S_T1w.nii.gz``: the file just handled."""
+    files = f"{event.files_done}/{event.files_total} files"
+    where = " ".join((event.session_label, *(() if event.scan is None else (f"scan {event.scan}",)), event.resource))
+    state = "uploaded" if event.uploaded else "already there"
+    counts = f"{files}, {format_bytes(event.bytes_done)}/{format_bytes(event.bytes_total)}"
+    display.update(event.bytes_done, event.bytes_total, line=f"[{counts}] {state} {where}/{event.path}", note=files)
+
+
 def run_push(args: argparse.Namespace) -> int:
     from xnat_container.push import push_dataset  # noqa: PLC0415
 
@@ -130,7 +151,9 @@ def run_push(args: argparse.Namespace) -> int:
         print(f"bidsbridge xnat push: {args.bids_dir} is not a folder", file=sys.stderr)
         return EXIT_USAGE
     try:
-        reports = push_dataset(destination, args.project, args.bids_dir, subject=args.subject, session=args.session)
+        with ProgressDisplay(sys.stderr, description="uploading", unit="B", enabled=not args.quiet) as display:
+            reports = push_dataset(destination, args.project, args.bids_dir, subject=args.subject,
+                                   session=args.session, progress=partial(_show_upload, display))
     except XnatError as exc:
         later = " (temporary: run the same command again later; delivered files are kept)" if exc.retryable else ""
         print(f"bidsbridge xnat push: {exc}{later}", file=sys.stderr)

@@ -12,6 +12,10 @@
 4. list each resource again and check every file's size and digest against the local file
    (downloading it when XNAT lists no digest).
 
+``progress`` (optional, every delivery function) is called with an :class:`UploadProgress`
+once per planned file, when it was uploaded or found already there; it only observes (an
+exception it raises is logged and ignored).
+
 Errors: :class:`~xnat_container.errors.XnatUnavailable` and
 :class:`~xnat_container.errors.XnatVerificationError` are retryable (``.retryable``);
 :class:`~xnat_container.errors.XnatAuthError` and
@@ -34,7 +38,7 @@ from xnat_container.destinations import Destination
 from xnat_container.errors import XnatRequestError, XnatVerificationError
 from xnat_container.layout import ResourcePlan, ScanPlan, SessionPlan, dataset_sessions, plan_session
 
-__all__ = ["PushReport", "push_dataset", "push_plan", "push_session"]
+__all__ = ["PushReport", "UploadProgress", "push_dataset", "push_plan", "push_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,74 @@ class PushReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**to_json(self), "duration_seconds": round(self.duration_seconds, 3)}
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    """One planned file handled: uploaded, or found in XNAT with the same size and digest.
+
+    Totals cover every file the call delivers (all sessions of :func:`push_dataset`); a file
+    planned twice (a JSON sidecar in the scan's ``NIFTI`` and ``BIDS`` resources) counts twice.
+    """
+
+    #: Files handled so far (this one included), 1 to ``files_total``.
+    files_done: int
+    files_total: int
+    #: Bytes of the files handled so far, uploaded or already there, 0 to ``bytes_total``.
+    bytes_done: int
+    bytes_total: int
+    #: XNAT session label, scan ID (``None`` for a session resource), resource label, and the
+    #: file's path inside the resource.
+    session_label: str
+    scan: str | None
+    resource: str
+    path: str
+    size: int
+    #: ``False``: XNAT already held it (same size and digest), nothing was sent.
+    uploaded: bool
+
+
+class _Meter:
+    """Counts the files handled across the plans of one call and tells the callback."""
+
+    def __init__(self, plans: Sequence[SessionPlan], callback: Callable[[UploadProgress], None] | None) -> None:
+        files = [item.local for plan in plans for _scan, resource in plan.all_resources() for item in resource.files]
+        self.files_total = len(files)
+        self.bytes_total = sum(path.stat().st_size for path in files)
+        self.files_done = 0
+        self.bytes_done = 0
+        self._callback = callback
+
+    def handled(
+        self,
+        plan: SessionPlan,
+        scan: ScanPlan | None,
+        resource: ResourcePlan,
+        remote: str,
+        size: int,
+        *,
+        uploaded: bool,
+    ) -> None:
+        self.files_done += 1
+        self.bytes_done += size
+        if self._callback is None:
+            return
+        event = UploadProgress(
+            files_done=self.files_done,
+            files_total=self.files_total,
+            bytes_done=self.bytes_done,
+            bytes_total=self.bytes_total,
+            session_label=plan.session_label,
+            scan=None if scan is None else scan.scan_id,
+            resource=resource.label,
+            path=remote,
+            size=size,
+            uploaded=uploaded,
+        )
+        try:
+            self._callback(event)
+        except Exception:  # the callback only observes: it must not stop the delivery
+            logger.exception("the progress callback failed on file %d/%d (ignored)", self.files_done, self.files_total)
 
 
 @dataclass
@@ -165,6 +237,7 @@ def _deliver_resource(
     *,
     locals_: Mapping[Path, _Local],
     tally: _Tally,
+    meter: _Meter,
 ) -> None:
     path = _resource_path(plan, scan, resource)
     existing = client.list_files(path)
@@ -181,10 +254,12 @@ def _deliver_resource(
         if _matches(client, path, existing.get(item.remote), local):
             tally.skipped += 1
             logger.debug("%s/%s already delivered", path, item.remote)
+            meter.handled(plan, scan, resource, item.remote, local.size, uploaded=False)
             continue
         _upload(client, path, item.local, item.remote)
         tally.uploaded += 1
         tally.bytes += local.size
+        meter.handled(plan, scan, resource, item.remote, local.size, uploaded=True)
     listed = client.list_files(path)
     for item in resource.files:
         if not _matches(client, path, listed.get(item.remote), locals_[item.local]):
@@ -204,8 +279,15 @@ def push_plan(
     plan: SessionPlan,
     *,
     sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[UploadProgress], None] | None = None,
 ) -> PushReport:
     """Deliver a computed plan (see the module docstring)."""
+    return _deliver(destination, plan, sleep=sleep, meter=_Meter([plan], progress))
+
+
+def _deliver(
+    destination: Destination, plan: SessionPlan, *, sleep: Callable[[float], None], meter: _Meter
+) -> PushReport:
     started = time.monotonic()
     locals_ = {
         item.local: _Local(item.local.stat().st_size, file_md5(item.local))
@@ -216,7 +298,7 @@ def push_plan(
     with XnatClient(destination, sleep=sleep) as client:
         experiment_id = _create_objects(client, plan)
         for scan, resource in plan.all_resources():
-            _deliver_resource(client, plan, scan, resource, locals_=locals_, tally=tally)
+            _deliver_resource(client, plan, scan, resource, locals_=locals_, tally=tally, meter=meter)
         report = PushReport(
             destination=destination.alias,
             url=destination.url,
@@ -261,6 +343,7 @@ def push_session(
     subject_label: str | None = None,
     session_label: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[UploadProgress], None] | None = None,
 ) -> PushReport:
     """Deliver BIDS session ``sub-<subject>/[ses-<session>]`` of ``bids_root`` to ``project``.
 
@@ -269,6 +352,7 @@ def push_session(
     :param derived: derived DICOM files (SEG, Parametric Map, SR), each series a scan of its own.
     :param subject_label: XNAT subject label (default: the destination's ``SubjectLabel`` template).
     :param session_label: XNAT session label (default: the destination's ``SessionLabel`` template).
+    :param progress: called once per planned file (see :class:`UploadProgress`).
     :raises XnatUnavailable: XNAT unreachable or failing after the client's retries (retryable).
     :raises XnatVerificationError: a delivered file differs after upload (retryable).
     :raises XnatAuthError: 401/403 (permanent).
@@ -286,7 +370,7 @@ def push_session(
         subject_template=destination.subject_label,
         session_template=destination.session_label,
     )
-    return push_plan(destination, plan, sleep=sleep)
+    return push_plan(destination, plan, sleep=sleep, progress=progress)
 
 
 def push_dataset(
@@ -297,11 +381,14 @@ def push_dataset(
     subject: str | None = None,
     session: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[UploadProgress], None] | None = None,
 ) -> list[PushReport]:
     """Deliver every session of a converted dataset (or those of ``subject``/``session``).
 
-    Raises on the first session that fails; sessions delivered before stay delivered, and running
-    it again skips their files.
+    Every session is planned before the first upload (so that ``progress`` knows the totals of
+    the whole delivery): a session that cannot be planned delivers nothing. Then raises on the
+    first session that fails; sessions delivered before stay delivered, and running it again
+    skips their files.
     """
     sessions = [
         (s, x)
@@ -311,4 +398,16 @@ def push_dataset(
     if not sessions:
         wanted = "" if subject is None else f" for sub-{subject}" + ("" if session is None else f" ses-{session}")
         raise XnatRequestError(f"no converted session{wanted} in {bids_root}")
-    return [push_session(destination, project, Path(bids_root), s, x, sleep=sleep) for s, x in sessions]
+    plans = [
+        plan_session(
+            project,
+            Path(bids_root),
+            s,
+            x,
+            subject_template=destination.subject_label,
+            session_template=destination.session_label,
+        )
+        for s, x in sessions
+    ]
+    meter = _Meter(plans, progress)
+    return [_deliver(destination, plan, sleep=sleep, meter=meter) for plan in plans]
