@@ -83,6 +83,8 @@ class EmbeddedOrthanc:
     #: (user, password) of one of ``RegisteredUsers`` when ``orthanc`` turns ``AuthenticationEnabled``
     #: on (it is off by default: loopback only); used by the start-up check and the test harness.
     http_auth: tuple[str, str] | None = None
+    #: Orthanc's ``--verbose``: its info lines, and the plugin's, reach the log too.
+    verbose: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -150,7 +152,7 @@ class EmbeddedOrthanc:
         env = dict(os.environ, TCP_NODELAY="1")
         log = None if foreground_log else self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(find_orthanc()), str(self.config_path)],
+            [str(find_orthanc()), *(["--verbose"] if self.verbose else []), str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,

@@ -22,18 +22,26 @@ Guarantees every implementation gives:
   that the worker renews (``heartbeat``); a job whose lease expired is given back by
   ``requeue_expired``;
 * every claimed job ends in exactly one of ``finish``, ``fail``, ``defer``, ``release`` or a
-  requeue; a job that failed ``max_attempts`` times is ``failed`` with its last reason.
+  requeue; a job that failed ``max_attempts`` times is ``failed`` with its last reason;
+* the end of every counted attempt (finish, fail, a counted requeue) is appended to an event log
+  in the same transaction (:class:`JobEvent`, read with ``events``): ``seq`` grows in commit
+  order, so a reader that remembers the last ``seq`` it saw misses none and counts none twice.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
-from .jobs import Deferred, Job, JobParams, JobState, Outcome
+from .jobs import Deferred, Job, JobKind, JobParams, JobState, Outcome
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "JobQueue", "RetryPolicy"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "AttemptEnd", "JobEvent", "JobQueue", "QueueCount", "RetryPolicy"]
+
+#: How a counted attempt ended: finished (``done`` / ``skipped``), failed with attempts left
+#: (``retried``: queued again after a backoff, a crashed worker's attempt included), or failed
+#: for good (``failed``: the job's end).
+AttemptEnd = Literal["done", "skipped", "retried", "failed"]
 
 #: How long a claim holds without a heartbeat (seconds).
 DEFAULT_LEASE_SECONDS = 60.0
@@ -52,6 +60,29 @@ class RetryPolicy:
         """Seconds to wait after the ``attempts``-th failed attempt."""
         exponent = min(max(attempts - 1, 0), 62)
         return min(self.cap, self.base * 2.0**exponent) * random.uniform(0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """The end of one counted attempt, from the queue's append-only event log."""
+
+    #: Position in the log: grows in commit order.
+    seq: int
+    job_id: int
+    kind: JobKind
+    end: AttemptEnd
+    #: Seconds from the attempt's claim to its end (None: the queue did not know the start).
+    seconds: float | None
+    at: float
+
+
+@dataclass(frozen=True)
+class QueueCount:
+    """How many jobs of one kind are in one state."""
+
+    state: JobState
+    kind: JobKind
+    jobs: int
 
 
 class JobQueue(Protocol):
@@ -115,6 +146,14 @@ class JobQueue(Protocol):
     def newest_job_time(self, series: str) -> float | None: ...
 
     def counts(self) -> dict[str, int]: ...
+
+    def counts_by_kind(self) -> tuple[QueueCount, ...]:
+        """Jobs by state and kind (only the pairs that have jobs)."""
+
+    def events(self, after: int = 0, *, limit: int = 1000) -> tuple[JobEvent, ...]:
+        """Ends of attempts logged after the event ``after`` (a ``seq``; 0: from the start),
+        oldest first, at most ``limit``. Deferrals, releases, uncounted requeues and retries
+        by hand end no attempt and are not logged."""
 
     # -- bookkeeping -----------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None: ...

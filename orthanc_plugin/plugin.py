@@ -2,8 +2,11 @@
 
 Loaded by orthanc-python through :mod:`orthanc_plugin.orthanc_entry`.  Uses only the
 orthanc-python 4.0 API (``RegisterOnChangeCallback``, ``RegisterRestCallback``, ``RestApiGet``,
-``GetConfiguration``, ``GenerateRestApiAuthorizationToken``, ``Log*``), feature-detected where
-newer releases differ, so it also runs on orthanc-python 5.x-7.x.
+``GetConfiguration``, ``GenerateRestApiAuthorizationToken``, ``SetMetricsValue``, ``Log*``),
+feature-detected where newer releases differ, so it also runs on orthanc-python 5.x-7.x.
+
+Metrics (:mod:`.metrics`) are set from a thread of their own every few seconds, never from a
+callback; lines about one job carry ``job=<id> series=<id>`` (:mod:`.job_log`).
 
 Event handler contract (pynetdicom's notification rule): the change callback *observes*; it
 records work and returns within milliseconds, logs every error and never raises into Orthanc.
@@ -25,15 +28,17 @@ import hmac
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orthanc
 
 from .catch_up import Change, missed_series, orthanc_time
 from .config import ConfigError, PluginConfig, parse_config
+from .job_log import JobTagFilter, job_context
 from .job_queue import RetryPolicy
 from .jobs import ConvertJob
+from .metrics import MetricsCollector, MetricsPublisher, Sample
 from .routes import UNIDENTIFIED, Caller, Response, Routes, WritePolicy
 from .rules import SNAPSHOT_NAME, CheckContext, RulesError, RulesHolder
 from .sqlite_queue import SqliteJobQueue
@@ -59,6 +64,18 @@ class _OrthancLogHandler(logging.Handler):
                 orthanc.LogInfo(message)
         except Exception:  # logging must never break the caller
             pass
+
+
+def _metrics_sink(orthanc_config: Mapping[str, Any]) -> Callable[[Sample], None] | None:
+    """``orthanc.SetMetricsValue`` for one sample (a gauge), or None when Orthanc keeps no metrics."""
+    if not hasattr(orthanc, "SetMetricsValue") or orthanc_config.get("MetricsEnabled", True) is False:
+        return None
+    gauge = getattr(getattr(orthanc, "MetricsType", None), "DEFAULT", 0)
+
+    def publish(sample: Sample) -> None:
+        orthanc.SetMetricsValue(sample.name, float(sample.value), gauge)
+
+    return publish
 
 
 def _rest_get_json(uri: str) -> Any:
@@ -153,6 +170,8 @@ class BidsBridgePlugin:
             authorization=authorization,
             log=lambda message: logger.warning("%s", message.removeprefix("bidsbridge: ")),
         )
+        sink = _metrics_sink(orthanc_config or {})
+        self.metrics = None if sink is None else MetricsPublisher(MetricsCollector(self.queue), self.supervisor, sink)
         self._plugin_token = authorization
         #: ``UserHeader`` once the authorization plugin is seen loaded (at start); until then, ignored.
         self._user_header: str | None = None
@@ -170,12 +189,14 @@ class BidsBridgePlugin:
         try:
             if change_type == orthanc.ChangeType.STABLE_SERIES:
                 job_id = self.queue.enqueue(resource_id, "stable", ConvertJob())
-                logger.info("series %s is stable: job %d queued", resource_id, job_id)
+                with job_context(job_id, resource_id):
+                    logger.info("queued: the series is stable")
             elif change_type == orthanc.ChangeType.NEW_SERIES and self.config.early_completion:
                 # Converted once its headers prove it complete (:mod:`.completeness_stage`); a
                 # STABLE_SERIES while this job still waits joins it.
                 job_id = self.queue.enqueue(resource_id, "early", ConvertJob())
-                logger.info("series %s is arriving: job %d waits for it to be complete", resource_id, job_id)
+                with job_context(job_id, resource_id):
+                    logger.info("queued: the series is arriving; the job waits for it to be complete")
             elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
                 self.start()
             elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
@@ -193,6 +214,8 @@ class BidsBridgePlugin:
         self._user_header = self._authorization_plugin_header()
         self.supervisor.start()
         self.rules.start()
+        if self.metrics is not None:
+            self.metrics.start()
         threading.Thread(target=self._catch_up, name="bidsbridge-catch-up", daemon=True).start()
         logger.warning("started %d worker(s); BIDS dataset at %s", self.config.workers, self.config.bids_root)
 
@@ -200,6 +223,8 @@ class BidsBridgePlugin:
         if not self._started:
             return
         self._started = False
+        if self.metrics is not None:
+            self.metrics.stop()
         self.rules.stop()
         self.supervisor.stop()
 
@@ -235,8 +260,9 @@ class BidsBridgePlugin:
             missed = missed_series(self._changes(int(cursor or 0), end), last_update=self._last_update,
                                    newest_job=self.queue.newest_job_time, stable_age=self.config.stable_age)
             for item in missed:
-                self.queue.enqueue(item.series, "catch-up", ConvertJob(), delay=item.delay)
-                logger.warning("catch-up: series %s %s; queued", item.series, item.why)
+                job_id = self.queue.enqueue(item.series, "catch-up", ConvertJob(), delay=item.delay)
+                with job_context(job_id, item.series):
+                    logger.warning("catch-up: the series %s; queued", item.why)
             self.queue.set_meta(CURSOR_KEY, str(end))
         except Exception:
             logger.exception("catch-up from Orthanc's /changes failed")
@@ -345,7 +371,8 @@ def _send_status(output: Any, status: int, body: bytes) -> None:
 def install() -> BidsBridgePlugin | None:
     """Read the configuration, register callbacks. Called once by the entry script."""
     handler = _OrthancLogHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(JobTagFilter())  # job=<id> series=<id> on the lines about one job
+    handler.setFormatter(logging.Formatter("%(job_tag)s%(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)

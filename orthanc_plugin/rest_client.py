@@ -16,6 +16,8 @@ import requests
 
 from converters.errors import BidsBridgeError
 
+from .job_log import in_this_context
+
 __all__ = ["OrthancApi", "OrthancError", "OrthancRestClient", "OrthancUnreachable", "SeriesNotFound"]
 
 logger = logging.getLogger(__name__)
@@ -156,4 +158,4 @@ class OrthancRestClient:
             return self.download_instance(instance, path)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            return list(pool.map(fetch, instances))
+            return list(pool.map(in_this_context(fetch), instances))  # their log lines: the job's tag

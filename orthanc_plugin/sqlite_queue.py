@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .doorbell import Doorbell
-from .job_queue import DEFAULT_LEASE_SECONDS, RetryPolicy
+from .job_queue import DEFAULT_LEASE_SECONDS, AttemptEnd, JobEvent, QueueCount, RetryPolicy
 from .jobs import Attempt, Deferred, Job, JobKind, JobParams, JobState, Outcome, params_from_json, params_to_json
 
 __all__ = ["SqliteJobQueue"]
@@ -46,6 +46,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, not_before, id);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS job_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    seconds REAL,
+    at REAL NOT NULL
+);
 """
 
 
@@ -74,7 +82,13 @@ def _job(row: sqlite3.Row) -> Job:
 
 
 class SqliteJobQueue:
-    """The queue in ``<state_dir>/queue.sqlite3``; safe to share between threads of one process."""
+    """The queue in ``<state_dir>/queue.sqlite3``; safe to share between threads of one process.
+
+    The event log (:class:`~orthanc_plugin.job_queue.JobEvent`) is the table ``job_events``:
+    ``seq`` is an ``AUTOINCREMENT`` key given inside ``BEGIN IMMEDIATE`` write transactions,
+    which SQLite runs one at a time, so it grows in commit order. Queue files from before the
+    log have none for their older jobs.
+    """
 
     FILE_NAME = "queue.sqlite3"
 
@@ -208,6 +222,8 @@ class SqliteJobQueue:
                 (outcome.state, json.dumps(sorted(outcome.outputs)), _dump(result), outcome.reason, now, now, job_id,
                  *args),
             )
+            if cursor.rowcount == 1:
+                _log_end(db, job_id, outcome.state, now)
         self._doorbell.ring()  # the series' next job may run now
         return cursor.rowcount == 1
 
@@ -232,6 +248,7 @@ class SqliteJobQueue:
                 (state, reason, now + delay, now if exhausted else None, now,
                  _append(row["history"], row["attempts"], now, reason), job_id),
             )
+            _log_end(db, job_id, "failed" if exhausted else "retried", now)
         return state
 
     @staticmethod
@@ -289,6 +306,8 @@ class SqliteJobQueue:
                     ("failed" if exhausted else "queued", attempts, reason, now + delay,
                      now if exhausted else None, now, history, row["id"]),
                 )
+                if count_attempt or exhausted:
+                    _log_end(db, int(row["id"]), "failed" if exhausted else "retried", now)
                 ids.append(int(row["id"]))
         if ids:
             self._doorbell.ring()
@@ -338,6 +357,23 @@ class SqliteJobQueue:
             rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {row["state"]: int(row["n"]) for row in rows}
 
+    def counts_by_kind(self) -> tuple[QueueCount, ...]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT state, kind, COUNT(*) AS n FROM jobs GROUP BY state, kind ORDER BY state, kind"
+            ).fetchall()
+        return tuple(QueueCount(cast(JobState, row["state"]), cast(JobKind, row["kind"]), int(row["n"]))
+                     for row in rows)
+
+    def events(self, after: int = 0, *, limit: int = 1000) -> tuple[JobEvent, ...]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM job_events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        return tuple(JobEvent(seq=int(row["seq"]), job_id=int(row["job_id"]), kind=cast(JobKind, row["kind"]),
+                              end=cast(AttemptEnd, row["event"]), seconds=row["seconds"], at=float(row["at"]))
+                     for row in rows)
+
     # -- bookkeeping -----------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
@@ -348,6 +384,16 @@ class SqliteJobQueue:
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _log_end(db: sqlite3.Connection, job_id: int, end: AttemptEnd, now: float) -> None:
+    """Append the end of the job's current attempt to the event log (inside the caller's
+    transaction, before anything resets the attempt's ``started_at``)."""
+    db.execute(
+        "INSERT INTO job_events (job_id, kind, event, seconds, at) SELECT id, kind, ?, ? - started_at, ?"
+        " FROM jobs WHERE id = ?",
+        (end, now, now, job_id),
+    )
 
 
 def _append(history: str, attempt: int, at: float, reason: str) -> str:

@@ -9,6 +9,10 @@ Orthanc's threads runs in the child).  Every ``POLL`` seconds the supervisor:
 
 :meth:`Supervisor.stop` asks workers to finish (SIGTERM), waits ``stop_timeout`` seconds, kills
 the rest, and gives their jobs back to the queue without counting the attempt.
+
+:attr:`Supervisor.restarts` counts the workers it replaced since it started (the
+``bidsbridge_worker_restarts_total`` metric); its lines about one job carry the job's tag
+(:mod:`.job_log`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .job_log import job_context
 from .job_queue import JobQueue
+from .jobs import Job
 from .worker_settings import AUTH_ENV, PARENT_ENV, WorkerSettings
 
 __all__ = ["Supervisor"]
@@ -62,6 +69,7 @@ class Supervisor:
         self._authorization = authorization
         self._log = log
         self._slots = [_Slot(i) for i in range(workers)]
+        self._restarts = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._settings_path = Path(settings.state_dir) / "worker-settings.json"
@@ -95,6 +103,11 @@ class Supervisor:
         for slot in self._slots:
             self._close_log(slot)
         self._log(f"bidsbridge: {len(live)} worker(s) stopped")
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced (died, or killed over ``JobTimeout``) since :meth:`start`."""
+        return self._restarts
 
     def pids(self) -> list[int]:
         return [slot.process.pid for slot in self._slots if slot.process is not None and slot.process.poll() is None]
@@ -136,10 +149,11 @@ class Supervisor:
 
     def _check(self) -> None:
         now = time.time()
-        expired = self.queue.requeue_expired("the worker stopped renewing its lease (hung or gone)")
-        if expired:
-            self._log(f"bidsbridge: jobs whose lease expired put back: {expired}")
-        running = {job.worker_pid: job for job in self.queue.list(state="running", limit=1000)}
+        held = {job.id: job for job in self.queue.list(state="running", limit=1000)}
+        for job_id in self.queue.requeue_expired("the worker stopped renewing its lease (hung or gone)"):
+            with self._about(held.pop(job_id, None)):
+                self._log(f"bidsbridge: job {job_id} put back: its lease expired (worker hung or gone)")
+        running = {job.worker_pid: job for job in held.values()}
         for slot in self._slots:
             process = slot.process
             if process is None:
@@ -148,7 +162,8 @@ class Supervisor:
             if code is None:
                 job = running.get(process.pid)
                 if job is not None and job.started_at is not None and now - job.started_at > self.job_timeout:
-                    self._log(f"bidsbridge: job {job.id} exceeded JobTimeout; killing worker {process.pid}")
+                    with self._about(job):
+                        self._log(f"bidsbridge: job {job.id} exceeded JobTimeout; killing worker {process.pid}")
                     process.kill()
                     process.wait()
                     self.queue.requeue_worker(process.pid, f"job exceeded JobTimeout ({self.job_timeout:.0f} s)")
@@ -156,8 +171,14 @@ class Supervisor:
                 continue
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             ids = self.queue.requeue_worker(process.pid, f"worker process {process.pid} died ({how}) during the job")
-            self._log(f"bidsbridge: worker {process.pid} ended ({how}); jobs put back: {ids or 'none'}")
+            with self._about(running.get(process.pid)):
+                self._log(f"bidsbridge: worker {process.pid} ended ({how}); jobs put back: {ids or 'none'}")
             self._restart(slot, now)
+
+    @staticmethod
+    def _about(job: Job | None) -> AbstractContextManager[None]:
+        """The log tag of ``job`` (none when the line is about no known job)."""
+        return nullcontext() if job is None else job_context(job.id, job.series)
 
     def _restart(self, slot: _Slot, now: float) -> None:
         slot.restarts = [t for t in slot.restarts if now - t < 60] + [now]
@@ -165,4 +186,5 @@ class Supervisor:
         if len(slot.restarts) > 5 and self._stopping.wait(10):
             return
         if not self._stopping.is_set():
+            self._restarts += 1
             self._spawn(slot)

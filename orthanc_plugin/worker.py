@@ -23,6 +23,9 @@ back; the next Orthanc's workers resume the jobs. ``kill -USR1`` dumps a worker'
 log (``state/logs``). A worker killed outright leaves its job ``running``; the supervisor
 requeues it (and any job whose lease expired). Every queue update names the worker, so a
 worker that lost its job (requeued meanwhile) records nothing over its new owner.
+
+Every line the worker logs while a job is in hand starts with ``job=<id> series=<Orthanc id>``
+(:mod:`.job_log`), from whichever module or thread of the job it comes.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from converters.conversion import dcm2niix_version
 from converters.errors import BidsBridgeError
 
 from .handlers import HANDLERS, JobContext
+from .job_log import JobTagFilter, in_this_context, job_context
 from .job_queue import DEFAULT_LEASE_SECONDS, JobQueue, RetryPolicy
 from .jobs import Deferred, Job
 from .rest_client import OrthancApi, OrthancRestClient, OrthancUnreachable
@@ -88,44 +92,51 @@ def _failure_reason(error: Exception) -> str:
 def _heartbeat(queue: JobQueue, job: Job, worker: int, stop: threading.Event, lease: float) -> None:
     while not stop.wait(lease / 3):
         if not queue.heartbeat(job.id, worker, lease_seconds=lease):
-            logger.warning("job %d is no longer this worker's (requeued meanwhile)", job.id)
+            logger.warning("the job is no longer this worker's (requeued meanwhile)")
             return
 
 
 def run_job(job: Job, queue: JobQueue, client: OrthancApi, settings: WorkerSettings, rules: RulesSnapshot,
             *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> bool:
     """Carry one claimed job to an end state (see the module's contract); False when Orthanc did
-    not answer (the job was given back: the worker should stop claiming)."""
+    not answer (the job was given back: the worker should stop claiming). Its log lines carry
+    the job's tag (:func:`~orthanc_plugin.job_log.job_context`)."""
+    with job_context(job.id, job.series):
+        return _run_job(job, queue, client, settings, rules, lease_seconds=lease_seconds)
+
+
+def _run_job(job: Job, queue: JobQueue, client: OrthancApi, settings: WorkerSettings, rules: RulesSnapshot,
+             *, lease_seconds: float) -> bool:
     pid = os.getpid()
     scratch = Path(tempfile.mkdtemp(prefix=f"job{job.id}-pid{pid}-", dir=Path(settings.state_dir) / "tmp"))
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(queue, job, pid, stop, lease_seconds), daemon=True)
+    beat = threading.Thread(target=in_this_context(_heartbeat), args=(queue, job, pid, stop, lease_seconds),
+                            daemon=True)
     beat.start()
     try:
         with ExitStack() as stack:
             outcome = HANDLERS[job.kind](JobContext(job, queue, client, settings, rules, scratch, stack))
         if isinstance(outcome, Deferred):
             queue.defer(job.id, outcome, worker=pid)
-            logger.info("job %d (series %s) waits: %s", job.id, job.series, outcome.note)
+            logger.info("waits: %s", outcome.note)
         elif not queue.finish(job.id, outcome, worker=pid):
-            logger.warning("job %d was requeued while this worker ran it; its outcome is not recorded", job.id)
+            logger.warning("the job was requeued while this worker ran it; its outcome is not recorded")
     except OrthancUnreachable as error:  # not the job's fault: it waits, no attempt spent
         queue.defer(job.id, Deferred(ORTHANC_WAIT_SECONDS, f"{error}; the job waits (no attempt spent)",
                                      job.waiting_since or time.time()), worker=pid)
-        logger.warning("job %d (series %s) given back: %s", job.id, job.series, error)
+        logger.warning("given back: %s", error)
         return False
     except MemoryError:  # the series needs more than the worker may take: retrying would not help
         reason = (f"the job needed more memory than the worker may use (BidsBridge.WorkerMemoryMB = "
                   f"{settings.memory_mb}); raise it and retry the job")
         queue.fail(job.id, reason, permanent=True, worker=pid)
-        logger.error("job %d (series %s): %s", job.id, job.series, reason)
+        logger.error("%s", reason)
     except Exception as error:  # every failure ends the attempt; the error tree says whether to retry
         permanent = isinstance(error, BidsBridgeError) and not error.retryable
         if not isinstance(error, BidsBridgeError | OSError):
-            logger.exception("job %d (series %s): unexpected error", job.id, job.series)
+            logger.exception("unexpected error")
         state = queue.fail(job.id, _failure_reason(error), permanent=permanent, worker=pid)
-        logger.warning("job %d (series %s) attempt %d failed (%s): %s", job.id, job.series, job.attempts, state,
-                       error)
+        logger.warning("attempt %d failed (%s): %s", job.attempts, state, error)
     finally:
         stop.set()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -246,11 +257,12 @@ def _loop(queue: JobQueue, client: OrthancRestClient, settings: WorkerSettings, 
         if job is None:
             queue.wait_for_work(POLL_SECONDS)
             continue
-        started = time.monotonic()
-        logger.info("job %d: %s of series %s (attempt %d)", job.id, job.kind, job.series, job.attempts)
-        answered = run_job(job, queue, client, settings, rules)
-        done = queue.get(job.id)
-        logger.info("job %d: %s in %.2f s", job.id, done.state if done else "?", time.monotonic() - started)
+        with job_context(job.id, job.series):
+            started = time.monotonic()
+            logger.info("claimed: %s job, attempt %d", job.kind, job.attempts)
+            answered = run_job(job, queue, client, settings, rules)
+            done = queue.get(job.id)
+            logger.info("ended: %s in %.2f s", done.state if done else "?", time.monotonic() - started)
         if not answered and not client.reachable():
             logger.warning("Orthanc at %s does not answer; worker stops claiming and exits", settings.orthanc_url)
             return
@@ -260,9 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orthanc_plugin.worker")
     parser.add_argument("settings", type=Path)
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(JobTagFilter())  # job=<id> series=<id> while a job is in hand
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format=f"%(asctime)s bidsbridge-worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO, handlers=[handler],
+        format=f"%(asctime)s bidsbridge-worker[{os.getpid()}] %(levelname)s %(name)s: %(job_tag)s%(message)s",
     )
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <pid>: stacks to the log
     parent = _die_with_parent()

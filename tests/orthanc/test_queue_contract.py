@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from converters.records import SeriesResult
-from orthanc_plugin.job_queue import JobQueue, RetryPolicy
+from orthanc_plugin.job_queue import JobQueue, QueueCount, RetryPolicy
 from orthanc_plugin.jobs import ConvertJob, ConvertResult, Deferred, Outcome, PushJob, SegmentJob
 from orthanc_plugin.sqlite_queue import SqliteJobQueue
 
@@ -219,6 +219,41 @@ def test_meta_values_persist_across_connections(opener: Callable[..., JobQueue])
     opener().set_meta("changes_cursor", "42")
     assert opener().get_meta("changes_cursor") == "42"
     assert opener().get_meta("missing") is None
+
+
+def test_every_counted_attempt_end_is_logged_once_in_order(opener: Callable[..., JobQueue]) -> None:
+    queue = opener(attempts=2)
+    done = queue.enqueue("a", "stable", ConvertJob())
+    flaky = queue.enqueue("b", "stable", ConvertJob())
+    crashed = queue.enqueue("c", "stable", ConvertJob())
+    push = queue.enqueue("d", "rule", PushJob(server="x", project="P", subject="", session="", dataset_root="/d",
+                                              series_uid="1.2", bids_subject="01", bids_session=None, outputs=()))
+    for worker in (1, 2, 3, 4):
+        assert queue.claim(worker) is not None
+    queue.finish(done, _done())
+    queue.fail(flaky, "boom")  # attempts left: retried
+    queue.requeue_worker(3, "worker died")  # a counted attempt: retried
+    queue.defer(push, Deferred(0.0, "waiting", waiting_since=1.0))  # no attempt spent: not logged
+    assert queue.claim(4) is not None
+    queue.finish(push, Outcome("skipped", reason="nothing to deliver"))
+    _runnable_now(queue, flaky)
+    _runnable_now(queue, crashed)
+    assert queue.claim(5) is not None and queue.claim(6) is not None
+    queue.fail(flaky, "not DICOM", permanent=True)
+    queue.requeue_worker(None, "Orthanc stopped", count_attempt=False)  # the crashed one again: not counted
+    queue.retry(done)  # by hand: not an attempt's end
+    events = queue.events()
+    assert [(e.job_id, e.kind, e.end) for e in events] == [
+        (done, "convert", "done"), (flaky, "convert", "retried"), (crashed, "convert", "retried"),
+        (push, "push", "skipped"), (flaky, "convert", "failed"),
+    ]
+    assert [e.seq for e in events] == sorted({e.seq for e in events})
+    assert all(e.seconds is not None and e.seconds >= 0 and e.at > 0 for e in events)
+    assert queue.events(events[1].seq) == events[2:]
+    assert queue.events(limit=2) == events[:2]
+    assert opener().events() == events  # another connection reads the same log
+    assert set(queue.counts_by_kind()) == {QueueCount("queued", "convert", 2), QueueCount("failed", "convert", 1),
+                                           QueueCount("skipped", "push", 1)}
 
 
 def _claim_all(name: str, state_dir: str, pid: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]

@@ -4,6 +4,7 @@ killed and is retried, a job whose lease expired is taken back."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from orthanc_plugin.job_log import JobTagFilter
 from orthanc_plugin.sqlite_queue import SqliteJobQueue
 from orthanc_plugin.supervisor import Supervisor
 from orthanc_plugin.worker_settings import WorkerSettings
@@ -49,8 +51,15 @@ def supervised(tmp_path: Path) -> Iterator[Supervised]:
                               orthanc_url="http://127.0.0.1:9", max_attempts=3)
     queue = SqliteJobQueue(state)
     messages: list[str] = []
+    tags = JobTagFilter()
+
+    def log(message: str) -> None:  # as the plugin's log handler writes it: the job's tag first
+        record = logging.makeLogRecord({"msg": message})
+        tags.filter(record)
+        messages.append(f"{record.job_tag}{message}")
+
     supervisor = Supervisor(python=Path(sys.executable), settings=settings, queue=queue, workers=1, job_timeout=1.0,
-                            authorization=None, log=messages.append, stop_timeout=5.0)
+                            authorization=None, log=log, stop_timeout=5.0)
     supervisor.start()
     _wait(lambda: len(supervisor.pids()) == 1, 30, "the worker to start")
     yield supervisor, queue, messages
@@ -66,7 +75,8 @@ def test_a_dead_worker_is_replaced_and_its_job_put_back(supervised: Supervised) 
     _wait(lambda: supervisor.pids() not in ([], [pid]), 30, "a new worker")
     job = queue.get(job_id)
     assert job is not None and job.attempts == 1 and "died (signal 9)" in str(job.error)
-    assert any(f"worker {pid} ended (signal 9)" in m for m in messages)
+    assert any(m.startswith(f"job={job_id} series=s1 ") and f"worker {pid} ended (signal 9)" in m for m in messages)
+    assert supervisor.restarts == 1
 
 
 def test_a_job_over_job_timeout_has_its_worker_killed(supervised: Supervised) -> None:
@@ -76,7 +86,8 @@ def test_a_job_over_job_timeout_has_its_worker_killed(supervised: Supervised) ->
     _wait(lambda: (job := queue.get(job_id)) is not None and "JobTimeout" in str(job.error), 30,
           "the job to be put back")
     _wait(lambda: supervisor.pids() not in ([], [pid]), 30, "the worker to be replaced")
-    assert any("exceeded JobTimeout" in m for m in messages)
+    assert any(m.startswith(f"job={job_id} series=s1 ") and "exceeded JobTimeout" in m for m in messages)
+    assert supervisor.restarts == 1
 
 
 def test_an_expired_lease_is_taken_back(supervised: Supervised) -> None:
@@ -85,4 +96,4 @@ def test_an_expired_lease_is_taken_back(supervised: Supervised) -> None:
     _wait(lambda: (job := queue.get(job_id)) is not None and job.state != "running", 30, "the job to be put back")
     job = queue.get(job_id)
     assert job is not None and "lease" in str(job.error)
-    assert any("lease expired" in m for m in messages)
+    assert any(m.startswith(f"job={job_id} series=s1 ") and "lease expired" in m for m in messages)
