@@ -24,8 +24,13 @@ function el(tag, attributes, ...children) {
 }
 
 async function api(path, options) {
-  // The routes live one folder up: .../bidsbridge/ui/ -> .../bidsbridge/<path>.
-  const response = await fetch("../" + path, Object.assign({ credentials: "same-origin" }, options || {}));
+  // The routes live one folder up: .../bidsbridge/ui/ -> .../bidsbridge/<path>. A page opened as
+  // http://user:password@host/... keeps them in its URL, and fetch refuses URLs with credentials:
+  // they are dropped (the browser still answers Orthanc's 401 with the login it remembers).
+  const url = new URL("../" + path, location.href);
+  url.username = "";
+  url.password = "";
+  const response = await fetch(url.href, Object.assign({ credentials: "same-origin" }, options || {}));
   const text = await response.text();
   let body = null;
   try {
