@@ -31,6 +31,14 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 PASSWORDS = {"admin": "adm1n-st4tus-page", "viewer": "v1ewer-st4tus-page"}
 WAIT = 60.0
 T1W = "5_anat-T1w_acq-tfl"
+#: A candidate rules text an admin pastes in the page (line 6 holds its action).
+CANDIDATE = """version: 1
+rules:
+  - name: hold-t1w
+    match: {SeriesDescription: {contains: T1w}}
+    actions:
+      - skip: held back for review
+"""
 BOLD = "7_func-bold_task-fa_run-1"
 
 
@@ -163,6 +171,22 @@ def test_failed_job_shown_with_its_reason_and_retried_by_a_writer(
     assert "matched mr-pet-ct-images (line 19)" in _words(text)
     assert "-> convert into dataset 'default'" in text
     admin.save_screenshot(str(tmp_path / "rules-dry-run.png"))
+
+    # A candidate text pasted in the page: refused with its diagnostics (422), then tried as fixed.
+    admin.find_element(By.ID, "dry-run-use-candidate").click()
+    box = admin.find_element(By.ID, "dry-run-rules")
+    box.send_keys(CANDIDATE.replace("skip:", "skp:"))
+    admin.find_element(By.ID, "dry-run-button").click()
+    WebDriverWait(admin, WAIT).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dry-run-diagnostics li.error"))
+    diagnostic = admin.find_element(By.CSS_SELECTOR, "#dry-run-diagnostics li.error").text
+    assert diagnostic.startswith("line 6, column ") and "skp" in diagnostic
+    box.clear()
+    box.send_keys(CANDIDATE)
+    admin.find_element(By.ID, "dry-run-button").click()
+    WebDriverWait(admin, WAIT).until(lambda d: ": SKIP" in d.find_element(By.ID, "dry-run-text").text)
+    assert "-> skip: held back for review (rule hold-t1w)" in admin.find_element(By.ID, "dry-run-text").text
+    assert "candidate rules" in admin.find_element(By.ID, "dry-run-rules-used").text
+    assert harness.get("/bidsbridge/rules")["path"] is None  # nothing was saved
 
 
 def test_converted_series_page_shows_its_qc_picture(
