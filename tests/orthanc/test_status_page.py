@@ -192,6 +192,8 @@ def test_failed_job_shown_with_its_reason_and_retried_by_a_writer(
 def test_converted_series_page_shows_its_qc_picture(
     orthanc_factory: Callable[..., Harness], browser: Callable[[], WebDriver], corpus: Path, tmp_path: Path
 ) -> None:
+    """Needs the QC stage (branch issue13-qc: a done conversion's result lists ``qc`` PNGs under
+    ``derivatives/bidsbridge-qc/``); until it is merged this test fails, saying the key is missing."""
     harness = _server(orthanc_factory)
     harness.send([_xa30(corpus, BOLD)])
     (job,) = harness.wait_all_finished(1, timeout=240).values()
