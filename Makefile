@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Debian's interpreter: the same Python that orthanc-python embeds, so the venv's packages load
 # inside Orthanc too.
 BASE_PYTHON := /usr/bin/python3
-APT_PACKAGES := orthanc orthanc-python dcmtk dicom3tools python3-venv
+APT_PACKAGES := orthanc orthanc-python dcmtk dicom3tools python3-venv chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 

@@ -2,8 +2,9 @@
 
 Loaded by orthanc-python through :mod:`orthanc_plugin.orthanc_entry`.  Uses only the
 orthanc-python 4.0 API (``RegisterOnChangeCallback``, ``RegisterRestCallback``, ``RestApiGet``,
-``GetConfiguration``, ``GenerateRestApiAuthorizationToken``, ``SetMetricsValue``, ``Log*``),
-feature-detected where newer releases differ, so it also runs on orthanc-python 5.x-7.x.
+``GetConfiguration``, ``GenerateRestApiAuthorizationToken``, ``SetMetricsValue``,
+``ExtendOrthancExplorer``, ``Log*``), feature-detected where newer releases differ, so it also
+runs on orthanc-python 5.x-7.x.
 
 Metrics (:mod:`.metrics`) are set from a thread of their own every few seconds, never from a
 callback; lines about one job carry ``job=<id> series=<id>`` (:mod:`.job_log`).
@@ -29,7 +30,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orthanc
 
@@ -42,8 +43,12 @@ from .metrics import MetricsCollector, MetricsPublisher, Sample
 from .routes import UNIDENTIFIED, Caller, Response, Routes, WritePolicy
 from .rules import SNAPSHOT_NAME, CheckContext, RulesError, RulesHolder
 from .sqlite_queue import SqliteJobQueue
+from .status_page import explorer_extension, ui_asset
 from .supervisor import Supervisor
 from .worker_settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from .rules.dry_run import DryRunner
 
 __all__ = ["BidsBridgePlugin", "identify_caller", "install"]
 
@@ -179,8 +184,18 @@ class BidsBridgePlugin:
         self.routes = Routes(self.queue, config.bids_root, self._series_exists, self._status,
                              uploads_dir=config.state_dir / "uploads",
                              rules_status=lambda: self.rules.status().to_dict(),
-                             write_policy=WritePolicy(writers))
+                             write_policy=WritePolicy(writers), dry_runner=self._dry_runner())
         self._started = False
+
+    def _dry_runner(self) -> DryRunner:
+        """``POST /bidsbridge/rules/test``: the active rules' holder, its check context, and the
+        series' facts read through Orthanc's own REST API (as ``rules test --orthanc`` reads them)."""
+        from .rules.dry_run import DryRunner  # noqa: PLC0415 - the rules engine, loaded with the holder
+        from .rules.facts import read_orthanc_facts  # noqa: PLC0415
+
+        holder = self.rules
+        return DryRunner(active=lambda: holder.rules, context=holder.context,
+                         facts=lambda series_id: read_orthanc_facts(_rest_get_json, series_id))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -324,7 +339,21 @@ class BidsBridgePlugin:
         caller = identify_caller(headers, plugin_token=self._plugin_token, basic_auth=self.config.basic_auth,
                                  user_header=self._user_header)
         parts = [part for part in uri.split("/") if part][1:]  # drop "bidsbridge"
+        raw_body = request.get("body") or b""
+        body = raw_body if isinstance(raw_body, bytes) else b""
         match parts:
+            case ["ui"]:
+                return ui_asset(method, None)
+            case ["ui", name]:
+                return ui_asset(method, name)
+            case ["whoami"]:
+                return self.routes.whoami(method, caller)
+            case ["rules", "test"]:
+                return self.routes.rules_test(method, body)
+            case ["series", series_id, "qc"]:
+                return self.routes.qc(method, series_id)
+            case ["series", series_id, "qc", index]:
+                return self.routes.qc(method, series_id, index)
             case ["jobs"]:
                 return self.routes.jobs(method, get)
             case ["jobs", job_id]:
@@ -332,12 +361,11 @@ class BidsBridgePlugin:
             case ["jobs", job_id, action]:
                 return self.routes.job(method, job_id, action, caller)
             case ["series", series_id, action]:
-                body = request.get("body") or b""
                 # orthanc-python 4.0 passes no query arguments with a POST: accept them as headers too.
                 options = {key: headers[f"x-bidsbridge-{key.replace('_', '-')}"]
                            for key in ("labels", "desc", "segmentation_type")
                            if f"x-bidsbridge-{key.replace('_', '-')}" in headers}
-                return self.routes.series(method, series_id, action, body=body if isinstance(body, bytes) else b"",
+                return self.routes.series(method, series_id, action, body=body,
                                           content_type=headers.get("content-type", ""), get={**options, **get},
                                           caller=caller)
             case ["status"]:
@@ -392,4 +420,6 @@ def install() -> BidsBridgePlugin | None:
         raise SystemExit(f"bidsbridge: BidsBridge.Rules refused: {exc}") from exc
     orthanc.RegisterOnChangeCallback(plugin.on_change)
     orthanc.RegisterRestCallback("/bidsbridge/(.*)", plugin.rest)
+    if hasattr(orthanc, "ExtendOrthancExplorer"):  # a button to the status page (/bidsbridge/ui/)
+        orthanc.ExtendOrthancExplorer(explorer_extension())
     return plugin

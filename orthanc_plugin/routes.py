@@ -1,8 +1,8 @@
 """REST routes under ``/bidsbridge/``; they decide, so errors become clear HTTP answers.
 
 Orthanc's own authentication applies (routes are registered through the plugin SDK): every
-route answers only callers Orthanc authenticated. On top of it, the three ``POST`` routes change
-state and answer 403 unless :class:`WritePolicy` lets the :class:`Caller` write
+route answers only callers Orthanc authenticated. On top of it, the ``POST`` routes that change
+state (retry, convert, segmentations) answer 403 unless :class:`WritePolicy` lets the :class:`Caller` write
 (``BidsBridge.Writers``; absent = every authenticated caller may). Reads stay open.
 
 ========================================  ==========================================================
@@ -24,6 +24,17 @@ state and answer 403 unless :class:`WritePolicy` lets the :class:`Caller` write
 ``GET  /bidsbridge/status``               queue counts and worker pids
 ``GET  /bidsbridge/rules``                the active routing rules: file, version, digest,
                                           loaded at, last error (a refused edit)
+``POST /bidsbridge/rules/test``           dry run (what ``bidsbridge rules test`` prints) of the
+                                          active rules, or of a candidate text, for a series: JSON
+                                          body ``{"series": id, "rules": optional YAML}``; writes
+                                          nothing, so readers may; 422 with the diagnostics of a
+                                          candidate that fails its checks
+``GET  /bidsbridge/series/{id}/qc``       the QC pictures of the series' latest done conversion:
+                                          ``[{"path": ..., "url": ...}]``
+``GET  /bidsbridge/series/{id}/qc/{i}``   one of them (``image/png``; only files under the
+                                          dataset's ``derivatives/bidsbridge-qc/``)
+``GET  /bidsbridge/whoami``               ``{"user", "source", "can_write"}`` of the caller
+``GET  /bidsbridge/ui/``                  the status page (:mod:`orthanc_plugin.status_page`)
 ========================================  ==========================================================
 
 The handlers are plain functions of the request returning a :class:`Response`, so they are
@@ -44,13 +55,22 @@ from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .derivations import DERIVATION_NAMES
 from .job_queue import JobQueue
-from .jobs import JOB_STATES, TERMINAL_STATES, ConvertJob, JobState, SegmentationType, SegmentJob
+from .jobs import JOB_STATES, TERMINAL_STATES, ConvertJob, Job, JobState, SegmentationType, SegmentJob
+from .rules import RulesError
 
-__all__ = ["UNIDENTIFIED", "Caller", "Response", "Routes", "WritePolicy"]
+if TYPE_CHECKING:
+    from .rules.dry_run import DryRunner
+
+__all__ = ["QC_FOLDER", "UNIDENTIFIED", "Caller", "Response", "Routes", "WritePolicy"]
+
+#: Where a dataset keeps the QC pictures of its conversions; the QC routes serve nothing else.
+QC_FOLDER = "derivatives/bidsbridge-qc"
+#: The first bytes of every PNG file.
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 #: How the caller was identified: an HTTP Basic user Orthanc checked, the authorization plugin's
 #: token header (``BidsBridge.UserHeader``), the token the plugin minted for its own workers, or not.
@@ -131,8 +151,10 @@ class Routes:
         uploads_dir: Path | None = None,
         rules_status: Callable[[], dict[str, Any]] | None = None,
         write_policy: WritePolicy | None = None,
+        dry_runner: DryRunner | None = None,
     ) -> None:
         self.rules_status = rules_status
+        self.dry_runner = dry_runner
         self.write_policy = write_policy or WritePolicy()
         self.queue = queue
         self.bids_root = bids_root
@@ -288,6 +310,79 @@ class Routes:
             return Response.error(404, "no routing rules are loaded")
         return Response.json(self.rules_status())
 
+    def rules_test(self, method: str, body: bytes) -> Response:
+        """Dry run of the active rules, or of the candidate text ``rules``, for ``series``."""
+        if method != "POST":
+            return Response(405, b"", allow="POST")
+        if self.dry_runner is None:
+            return Response.error(404, "no routing rules are loaded")
+        usage = 'body must be JSON: {"series": "<Orthanc series id>", "rules": "<optional candidate YAML>"}'
+        try:
+            request = json.loads(body or b"null")
+        except ValueError:
+            return Response.error(400, usage)
+        series = request.get("series") if isinstance(request, dict) else None
+        candidate = request.get("rules") if isinstance(request, dict) else None
+        if not isinstance(series, str) or not series or not (candidate is None or isinstance(candidate, str)):
+            return Response.error(400, usage)
+        if not self.series_exists(series):
+            return Response.error(404, f"Orthanc has no series {series}")
+        try:
+            result = self.dry_runner.run(series, None if candidate is None else candidate.encode("utf-8"))
+        except RulesError as exc:
+            return Response.json({"error": str(exc), "status": 422,
+                                  "diagnostics": [d.to_dict() for d in exc.diagnostics]}, 422)
+        decision = result.decision
+        return Response.json({
+            "series": series,
+            "rules": {"source": decision.rules_source, "digest": decision.rules_digest,
+                      "candidate": candidate is not None},
+            "notes": [d.to_dict() for d in result.notes],
+            "text": result.text(),
+            "decision": result.to_dict(),
+        })
+
+    def whoami(self, method: str, caller: Caller) -> Response:
+        """Who the caller is to the plugin and whether it may change state (the page hides Retry)."""
+        if method != "GET":
+            return Response(405, b"", allow="GET")
+        # A UserHeader value is the authorization plugin's token: never repeated (Caller.describe).
+        user = caller.name if caller.source == "basic" else None
+        return Response.json({"user": user, "source": caller.source,
+                              "can_write": self.write_policy.allows(caller)})
+
+    def qc(self, method: str, series_id: str, index: str | None = None) -> Response:
+        """The QC pictures of the series' latest done conversion (``index`` None: their list)."""
+        if method != "GET":
+            return Response(405, b"", allow="GET")
+        job = self._latest_conversion(series_id)
+        if job is None:
+            return Response.error(404, f"series {series_id} has no finished conversion")
+        pictures = _qc_paths(job)
+        if index is None:
+            return Response.json([{"path": path, "url": f"/bidsbridge/series/{series_id}/qc/{number}"}
+                                  for number, path in enumerate(pictures)])
+        if not index.isdigit() or int(index) >= len(pictures):
+            return Response.error(404, f"series {series_id} has no QC picture {index!r} ({len(pictures)} pictures)")
+        relative = pictures[int(index)]
+        root = Path(str((job.result or {}).get("dataset_root") or self.bids_root)).resolve()
+        path = (root / relative).resolve()
+        if (root / QC_FOLDER) not in path.parents:
+            return Response.error(403, f"QC picture {relative!r} resolves outside the dataset's {QC_FOLDER}/")
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return Response.error(404, f"QC picture {relative!r} is not in the dataset (any more)")
+        if not data.startswith(_PNG_MAGIC):
+            return Response.error(404, f"QC picture {relative!r} is not a PNG file")
+        return Response(200, data, "image/png")
+
+    def _latest_conversion(self, series_id: str) -> Job | None:
+        for job in self.queue.list(state="done", series=series_id, limit=100):  # newest first
+            if job.kind == "convert":
+                return job
+        return None
+
     def status_route(self, method: str) -> Response:
         if method != "GET":
             return Response(405, b"", allow="GET")
@@ -303,6 +398,14 @@ class Routes:
                     continue
                 archive.write(path, relative)
         return buffer.getvalue()
+
+
+def _qc_paths(job: Job) -> list[str]:
+    """The ``qc`` key of a conversion's result: PNG paths relative to its ``dataset_root``."""
+    listed = (job.result or {}).get("qc")
+    if not isinstance(listed, list):
+        return []
+    return [path for path in listed if isinstance(path, str) and path]
 
 
 def _nifti_problem(data: bytes) -> str | None:

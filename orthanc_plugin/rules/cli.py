@@ -31,8 +31,6 @@ from .model import RuleSet, SeriesFacts, SourceFacts
 if TYPE_CHECKING:
     from .check import CheckContext
     from .facts import FolderSeries
-    from .plan import Decision
-    from .preview import BidsPreview
 
 __all__ = ["main", "read_orthanc_config", "register"]
 
@@ -196,61 +194,9 @@ def _series(args: argparse.Namespace) -> list[SeriesFacts]:
     return [fetch_orthanc_facts(args.orthanc, args.series, auth=auth)]
 
 
-def _title(decision: Decision) -> str:
-    number = f"#{decision.series_number} " if decision.series_number else ""
-    return f"{number}{decision.series_description or '(no description)'} [{decision.series_uid}]"
-
-
-def _text(decision: Decision, previews: list[BidsPreview], out: TextIO) -> None:
-    from .plan import PlannedConvert, PlannedDerive, PlannedForward, PlannedPush, PlannedSkip  # noqa: PLC0415
-
-    out.write(f"{_title(decision)}: {decision.outcome.upper()}\n")
-    for trace in decision.trace:
-        if trace.status == "matched":
-            out.write(f"  matched      {trace.rule} (line {trace.line})\n")
-        elif trace.status == "no-match":
-            out.write(f"  not matched  {trace.rule}: {trace.reason}\n")
-        else:
-            out.write(f"  not tried    {trace.rule}: {trace.reason}\n")
-    converts = iter(previews)
-    for action in decision.actions:
-        if isinstance(action, PlannedConvert):
-            preview = next(converts)
-            forced = ""
-            if action.override is not None:
-                parts = [action.override.datatype or "", action.override.suffix or ""]
-                entities = "_".join(f"{k}-{v}" for k, v in action.override.entities.items() if v)
-                forced = f" (forced: {'/'.join(p for p in parts if p)}{' ' + entities if entities else ''})"
-            where = preview.path or "path decided at conversion"
-            out.write(f"  -> convert into dataset {action.dataset!r}{forced}: {where}\n")
-            out.write(f"     {preview.note}\n")
-        elif isinstance(action, PlannedDerive):
-            out.write(f"  -> derive {', '.join(action.names)} (rule {action.rule})\n")
-        elif isinstance(action, PlannedPush):
-            out.write(f"  -> push to {action.uri} (rule {action.rule})\n")
-        elif isinstance(action, PlannedForward):
-            out.write(f"  -> forward to Orthanc {action.kind} {action.target!r} (rule {action.rule})\n")
-        elif isinstance(action, PlannedSkip):
-            by = f"rule {action.rule}" if action.rule else "no rule"
-            out.write(f"  -> skip: {action.reason} ({by})\n")
-    for problem in decision.problems:
-        out.write(f"  PROBLEM: {problem}\n")
-
-
-def _record(decision: Decision, previews: list[BidsPreview]) -> dict[str, Any]:
-    record = decision.to_dict()
-    converts = iter(previews)
-    for action in record["actions"]:
-        if action["action"] == "convert":
-            preview = next(converts)
-            action["bids_preview"] = {"path": preview.path, "note": preview.note}
-    return record
-
-
 def run_test(args: argparse.Namespace) -> int:
     """Handler of ``rules test``."""
-    from .plan import evaluate  # noqa: PLC0415
-    from .preview import preview_convert  # noqa: PLC0415
+    from .dry_run import dry_run  # noqa: PLC0415
 
     try:
         context = _context(args)
@@ -272,14 +218,14 @@ def run_test(args: argparse.Namespace) -> int:
     outcomes: dict[str, int] = {}
     problems = False
     for facts in series:
-        decision = evaluate(ruleset, facts)
+        result = dry_run(ruleset, facts)
+        decision = result.decision
         outcomes[decision.outcome] = outcomes.get(decision.outcome, 0) + 1
-        previews = [preview_convert(facts, action) for action in decision.converts]
         problems = problems or bool(decision.problems)
         if args.json:
-            records.append(_record(decision, previews))
+            records.append(result.to_dict())
         else:
-            _text(decision, previews, sys.stdout)
+            sys.stdout.write(result.text())
     if args.json:
         json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -8,7 +8,8 @@ Two small adapters, so the plugin's worker and ``bidsbridge rules test`` see the
 * :func:`facts_from_orthanc` — the JSON Orthanc answers for one instance:
   ``/instances/{id}/simplified-tags`` (or ``/tags?simplify``) and ``/instances/{id}/metadata?expand``
   (``RemoteAET``, ``CalledAET``, ``RemoteIP``), plus the series' instance count.
-  :func:`fetch_orthanc_facts` does those requests with ``requests``.
+  :func:`read_orthanc_facts` does those requests through a given GET function (the plugin's
+  ``orthanc.RestApiGet``), :func:`fetch_orthanc_facts` with ``requests``.
 
 Values are text: several values joined by ``\\`` (as Orthanc's simplified tags show them), each
 capped at :data:`MAX_VALUE` characters; sequences and binary values are left out.
@@ -17,7 +18,7 @@ capped at :data:`MAX_VALUE` characters; sequences and binary values are left out
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "facts_from_folder",
     "facts_from_orthanc",
     "fetch_orthanc_facts",
+    "read_orthanc_facts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,9 +128,23 @@ def facts_from_orthanc(
     )
 
 
+def read_orthanc_facts(get_json: Callable[[str], Any], series_id: str) -> SeriesFacts:
+    """Facts of an Orthanc series through ``get_json`` (a GET of Orthanc's REST API, answering
+    the decoded JSON): the series, its first instance's simplified tags and metadata. Shared by
+    ``rules test --orthanc`` (over HTTP) and the plugin's dry-run route (inside Orthanc)."""
+    series = get_json(f"/series/{series_id}")
+    instances = sorted(str(i) for i in series.get("Instances") or [])
+    if not instances:
+        raise ValueError(f"Orthanc series {series_id} has no instances")
+    first = instances[0]
+    tags = get_json(f"/instances/{first}/simplified-tags")
+    metadata = get_json(f"/instances/{first}/metadata?expand")
+    return facts_from_orthanc(tags, metadata, instance_count=len(instances), orthanc_id=series_id)
+
+
 def fetch_orthanc_facts(url: str, series_id: str, *, auth: tuple[str, str] | None = None,
                         timeout: float = 30.0) -> SeriesFacts:
-    """GET the series, its first instance's simplified tags and metadata; raise ``requests`` errors."""
+    """:func:`read_orthanc_facts` over HTTP with ``requests``; raise ``requests`` errors."""
     import requests  # noqa: PLC0415 - only the --orthanc path needs it
 
     base = url.rstrip("/")
@@ -140,14 +156,7 @@ def fetch_orthanc_facts(url: str, series_id: str, *, auth: tuple[str, str] | Non
             response.raise_for_status()
             return response.json()
 
-        series = get(f"/series/{series_id}")
-        instances = list(series.get("Instances") or [])
-        if not instances:
-            raise ValueError(f"Orthanc series {series_id} has no instances")
-        first = sorted(instances)[0]
-        tags = get(f"/instances/{first}/simplified-tags")
-        metadata = get(f"/instances/{first}/metadata?expand")
-    return facts_from_orthanc(tags, metadata, instance_count=len(instances), orthanc_id=series_id)
+        return read_orthanc_facts(get, series_id)
 
 
 @dataclass(frozen=True)
