@@ -68,10 +68,29 @@ def _spatial(image: Any) -> tuple[tuple[int, ...], int]:
     return spatial, volumes
 
 
+def _channels(image: Any) -> tuple[str, ...]:
+    """The channels of an RGB(A) image (dcm2niix writes colour maps such as colFA as RGB24), else ()."""
+    names = image.get_data_dtype().names
+    return tuple(names[:3]) if names else ()
+
+
+def _colour_volume(image: Any) -> Volume:
+    """An RGB image's first volume as (x, y, z, 3) floats in 0..1."""
+    spatial, _ = _spatial(image)
+    raw = np.asanyarray(image.dataobj)
+    raw = raw.reshape((*spatial, -1), order="F")[..., 0] if raw.size != int(np.prod(spatial)) else raw.reshape(spatial)
+    colour: Volume = np.stack([raw[name].astype(np.float64) for name in _channels(image)], axis=-1) / 255.0
+    return colour
+
+
 def _volumes(image: Any, start: int = 0, stop: int | None = None) -> Iterator[Volume]:
-    """Volumes ``start..stop`` of an image (3D: the one volume), a few read at once."""
+    """Volumes ``start..stop`` of an image (3D: the one volume), a few read at once; an RGB
+    image's as their grey level (the mean of the channels)."""
     spatial, count = _spatial(image)
     stop = count if stop is None else min(stop, count)
+    if _channels(image):
+        yield _colour_volume(image).mean(axis=-1)
+        return
     if len(image.shape) <= 3:
         yield np.asarray(image.dataobj, dtype=np.float64).reshape(spatial)
         return
@@ -109,9 +128,10 @@ def _zooms(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def _cut(volume: Volume, panel: Panel, index: int) -> Volume:
-    """The slice ``index`` of ``volume`` across ``panel.cut``, as rows = up, columns = across."""
+    """The slice ``index`` of ``volume`` across ``panel.cut``, as rows = up, columns = across (a
+    colour volume keeps its channels last)."""
     plane: Volume = np.take(volume, index, axis=panel.cut)
-    return plane.T if panel.across < panel.up else plane
+    return np.swapaxes(plane, 0, 1) if panel.across < panel.up else plane
 
 
 def _label_edges(axes: Axes, labels: EdgeLabels, fontsize: float = 12) -> None:
@@ -167,16 +187,20 @@ def _ortho_row(figure: Figure, volume: Volume, image: Any, *, top: float, bottom
 
 
 def draw_ortho(nifti: Path, out: Path) -> QcPicture:
-    """Three orthogonal mid-slices (of the first volume of a 4D image), labelled."""
+    """Three orthogonal mid-slices (of the first volume of a 4D image; in colour for an RGB one), labelled."""
     image = _load(nifti)
     spatial, volumes = _spatial(image)
-    volume = _first_volume(image)
-    lo, hi = _window(volume)
+    style: dict[str, Any] = {}
+    if _channels(image):
+        volume = _colour_volume(image)
+    else:
+        volume = _first_volume(image)
+        lo, hi = _window(volume)
+        style = {"cmap": "gray", "vmin": lo, "vmax": hi}
     figure = _figure(3, 1.15)
     which = "first volume, " if volumes > 1 else ""
     figure.suptitle(f"{which}{_describe(image, spatial, volumes)}", color="white", fontsize=10)
-    codes, labels, _ = _ortho_row(figure, volume, image, top=0.84, bottom=0.01, cmap="gray",
-                                  vmin=lo, vmax=hi)
+    codes, labels, _ = _ortho_row(figure, volume, image, top=0.84, bottom=0.01, **style)
     return _save(figure, out, "ortho", codes, labels)
 
 
