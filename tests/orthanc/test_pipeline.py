@@ -140,7 +140,7 @@ def test_orthanc_stays_responsive_while_converting(xa30: Xa30Run) -> None:
 
 def test_offline_cli_gives_the_same_files_as_the_plugin(xa30: Xa30Run, corpus: Path, tmp_path: Path) -> None:
     offline = tmp_path / "offline"
-    results = convert_tree(corpus / "dcm_qa_xa30" / "In", offline)
+    results = convert_tree(corpus / "dcm_qa_xa30" / "In", offline, qc=True)  # the plugin draws QC pictures too
     assert {r.series_uid for r in results} == {j["result"]["series_uid"] for j in xa30.jobs.values()}
     plugin_root = xa30.harness.server.bids_root
 
