@@ -33,7 +33,8 @@ from typing import TypeVar
 
 from converters import convert_series, converted_sources, series_outputs
 from converters.errors import BidsBridgeError, ConversionError
-from converters.qc import QcOutcome, series_pictures, write_derived_qc, write_series_qc
+from converters.qc import QcOutcome, series_pictures
+from converters.qc.write import write_derived_qc, write_series_qc  # matplotlib loads with the worker, not in a job
 from converters.records import SeriesResult, SkipCode
 
 from .acquisition_stage import Acquisition, find_acquisition

@@ -234,7 +234,8 @@ def draw_mean(nifti: Path, out: Path, *, repetition_time: float | None = None) -
 
 
 def draw_mosaic(nifti: Path, out: Path) -> QcPicture:
-    """Axial slices spread over the volume (the first volume of a 4D image), each labelled."""
+    """Axial slices spread over the volume (the first volume of a 4D image), tiled into one
+    picture whose edges are labelled (every tile has the same orientation)."""
     image = _load(nifti)
     spatial, volumes = _spatial(image)
     volume = _first_volume(image)
@@ -247,19 +248,26 @@ def draw_mosaic(nifti: Path, out: Path) -> QcPicture:
     else:
         picks = np.linspace(count * 0.1, count * 0.9 - 1, min(_MOSAIC_SLICES, count))
         indices = sorted({round(float(i)) for i in picks})
-    rows = -(-len(indices) // _MOSAIC_COLUMNS)
     columns = min(_MOSAIC_COLUMNS, len(indices))
+    rows = -(-len(indices) // columns)
+    height, width = _cut(volume, axial, indices[0]).shape
+    tiles = np.full((rows * height, columns * width), np.nan)
+    corners: list[tuple[int, int, int]] = []
+    for position, index in enumerate(indices):
+        row, column = rows - 1 - position // columns, position % columns  # first tile top left
+        tiles[row * height : (row + 1) * height, column * width : (column + 1) * width] = _cut(volume, axial, index)
+        corners.append(((column + 1) * width - 1, (row + 1) * height - 1, index))
     lo, hi = _window(volume)
     zooms = _zooms(affine)
-    figure = _figure(columns, rows * 0.8 + 0.15)
+    aspect = float(zooms[axial.up] / zooms[axial.across]) * rows * height / (columns * width)
+    inches = 2.0 * columns  # 160 pixels a tile across
+    figure = Figure(figsize=(inches, min(inches, inches * aspect / 0.9) + 0.3), dpi=_DPI, facecolor="black")
     figure.suptitle(f"axial slices, {_describe(image, spatial, volumes)}", color="white", fontsize=10)
-    grid = figure.add_gridspec(rows, columns, left=0.01, right=0.99, top=1 - 0.4 / (rows + 1), bottom=0.01,
-                               wspace=0.02, hspace=0.08)
-    for position, index in enumerate(indices):
-        axes = figure.add_subplot(grid[position // columns, position % columns])
-        _show(axes, _cut(volume, axial, index), axial, zooms, cmap="gray", vmin=lo, vmax=hi)
-        axes.text(0.98, 0.9, str(index + 1), color="white", fontsize=7, ha="right", transform=axes.transAxes)
-        _label_edges(axes, axial.labels, fontsize=8)
+    axes = figure.add_axes((0.01, 0.01, 0.98, 0.9))
+    _show(axes, tiles, axial, zooms, cmap="gray", vmin=lo, vmax=hi)
+    for x, y, index in corners:
+        axes.text(x, y, str(index + 1), color="white", fontsize=7, ha="right", va="top")
+    _label_edges(axes, axial.labels)
     return _save(figure, out, "mosaic", codes, [axial.labels])
 
 

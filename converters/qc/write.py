@@ -9,6 +9,9 @@ Drawing happens outside the dataset lock, into a staging folder; filing takes th
 that each image drawn is still the one converted (a newer conversion may have replaced it) and
 replaces the owner's earlier pictures. Nothing here fails a conversion: a picture that cannot be
 drawn is a problem in the returned :class:`QcOutcome`, the other pictures are still made.
+
+Importing this module loads matplotlib (:mod:`.render`): the plugin's workers do at start, the
+offline converter only when asked for pictures.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import nibabel as nib
 
 from converters.bids.manifests import discard_staging, make_staging_dir, manifest_path, read_manifest
 from converters.qc.dataset import (
@@ -30,6 +35,7 @@ from converters.qc.dataset import (
     series_owner,
 )
 from converters.qc.records import QcOutcome, QcView
+from converters.qc.render import draw_map, draw_mean, draw_mosaic, draw_ortho, draw_outline
 
 __all__ = ["views", "write_derived_qc", "write_series_qc"]
 
@@ -78,10 +84,6 @@ def _underlay(root: Path, sidecar: Mapping[str, Any]) -> Path | None:
 
 def _draw(root: Path, relative: str, folder: Path) -> tuple[dict[QcView, Path], list[str]]:
     """Every picture of one image into ``folder``; (the pictures, the problems)."""
-    import nibabel as nib  # noqa: PLC0415  (the QC step's heavy libraries load when it runs)
-
-    from converters.qc.render import draw_map, draw_mean, draw_mosaic, draw_ortho, draw_outline  # noqa: PLC0415
-
     path = root / relative
     sidecar = _sidecar(root, relative)
     try:
