@@ -190,10 +190,22 @@ def _move_all(root: Path, moves: Sequence[tuple[Path, str]]) -> None:
 
 def _follow(root: Path, owners: Mapping[str, Callable[[QcEntry], str | None]]) -> None:
     """For each owner: its pictures renamed after their image (``locate`` says where the very
-    file drawn is now, or None: removed)."""
+    file drawn is now, or None: removed). Never fails the publishing that calls it: a damaged
+    QC manifest or a picture that cannot be moved is logged and left."""
+    try:
+        _follow_all(root, owners)
+    except OSError as exc:  # DatasetError (a damaged manifest) included
+        logger.warning("QC pictures in %s not updated after publishing: %s", root, exc)
+
+
+def _follow_all(root: Path, owners: Mapping[str, Callable[[QcEntry], str | None]]) -> None:
     plans: list[tuple[str, list[QcEntry], list[tuple[str, str]]]] = []
     for owner, locate in owners.items():
-        entries = _read(root, owner)
+        try:
+            entries = _read(root, owner)
+        except DatasetError as exc:
+            logger.warning("%s", exc)
+            continue
         if not entries:
             continue
         kept: list[QcEntry] = []

@@ -246,3 +246,14 @@ def test_copying_the_dataset_keeps_the_pictures_listed(qc_dataset: Converted, tm
     shutil.copytree(qc_dataset.root, copy)
     result = next(r for r in qc_dataset.results if r.state == "converted")
     assert series_pictures(copy, result.acquisition or result.series_uid) == sorted(result.qc)
+
+
+def test_a_damaged_qc_manifest_never_fails_a_conversion(xa30: Path, tmp_path: Path) -> None:
+    tree = _tree(xa30, tmp_path, [5])
+    root = tmp_path / "bids"
+    convert_tree(tree, root, qc=True)
+    (manifest,) = (root / ".bidsbridge" / "qc").glob("*.json")
+    manifest.write_text("{not json")
+    (again,) = convert_tree(tree, root, qc=True)
+    assert again.state == "converted" and again.qc == ()
+    assert any(note.startswith("no QC pictures: corrupt QC manifest") for note in again.notes), again.notes
