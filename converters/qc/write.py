@@ -96,7 +96,7 @@ def _draw(root: Path, relative: str, folder: Path) -> tuple[dict[QcView, Path], 
     drawn: dict[QcView, Path] = {}
     problems: list[str] = []
     for view in views(relative, volumes):
-        out = folder / f"{len(list(folder.iterdir()))}-{view}.png"
+        out = folder / f"{view}.png"
         try:
             if view == "ortho":
                 draw_ortho(path, out)
@@ -124,12 +124,12 @@ def _run(root: Path, sources: Sequence[str], owner_of: Callable[[str], str],
     try:
         rendered: list[Rendered] = []
         problems: list[str] = []
-        for relative in sources:
+        for index, relative in enumerate(sources):
             before = identity(root / relative)
             if before is None:
                 problems.append(f"{relative}: no QC picture: the file is gone")
                 continue
-            folder = staging / str(len(rendered) + len(problems))
+            folder = staging / str(index)
             folder.mkdir()
             drawn, trouble = _draw(root, relative, folder)
             problems += trouble

@@ -32,20 +32,10 @@ from converters.qc.dataset import follow_series, picture_path
 from converters.qc.orientation import panels
 from converters.qc.records import read_png_text
 from converters.qc.render import draw_ortho
-from tests.converters.helpers import Converted, series_dir
+from tests.converters.helpers import Converted, series_dir, series_tree
 from tests.validator import validate
 
 OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
-
-
-def _tree(xa30: Path, tmp_path: Path, numbers: list[int]) -> Path:
-    tree = tmp_path / "in"
-    for number in numbers:
-        source = series_dir(xa30, number)
-        (tree / source.name).mkdir(parents=True)
-        for file in source.iterdir():
-            (tree / source.name / file.name).symlink_to(file)
-    return tree
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +158,7 @@ def test_the_qc_dataset_is_a_valid_bids_derivatives_dataset(qc_dataset: Converte
 
 
 def test_a_reconversion_leaves_one_set_and_a_conversion_without_qc_none(xa30: Path, tmp_path: Path) -> None:
-    tree = _tree(xa30, tmp_path, [5, 7])
+    tree = series_tree(xa30, tmp_path, [5, 7])
     root = tmp_path / "bids"
     first = convert_tree(tree, root, qc=True)
     pictures = _pngs(root)
@@ -184,7 +174,7 @@ def test_a_reconversion_leaves_one_set_and_a_conversion_without_qc_none(xa30: Pa
 
 
 def test_pictures_follow_a_renamed_image(xa30: Path, tmp_path: Path) -> None:
-    tree = _tree(xa30, tmp_path, [5])
+    tree = series_tree(xa30, tmp_path, [5])
     root = tmp_path / "bids"
     (result,) = convert_tree(tree, root, qc=True)
     image = next(p for p in result.outputs if p.endswith(".nii.gz"))
@@ -201,7 +191,7 @@ def test_pictures_follow_a_renamed_image(xa30: Path, tmp_path: Path) -> None:
 
 
 def test_derived_adc_map_and_its_mask_outline(xa30: Path, tmp_path: Path) -> None:
-    tree = _tree(xa30, tmp_path, [10])
+    tree = series_tree(xa30, tmp_path, [10])
     root = tmp_path / "bids"
     (result,) = convert_tree(tree, root, qc=True)
     assert result.state == "converted" and result.qc
@@ -249,7 +239,7 @@ def test_copying_the_dataset_keeps_the_pictures_listed(qc_dataset: Converted, tm
 
 
 def test_a_damaged_qc_manifest_never_fails_a_conversion(xa30: Path, tmp_path: Path) -> None:
-    tree = _tree(xa30, tmp_path, [5])
+    tree = series_tree(xa30, tmp_path, [5])
     root = tmp_path / "bids"
     convert_tree(tree, root, qc=True)
     (manifest,) = (root / ".bidsbridge" / "qc").glob("*.json")

@@ -15,6 +15,7 @@ from converters.derived.derive import derive_adc
 from converters.qc import write_derived_qc
 from orthanc_plugin.jobs import PushJob
 from orthanc_plugin.push_stage import push
+from tests.converters.helpers import series_dir, series_tree
 from tests.plugin.fake_orthanc import FakeOrthanc
 from tests.xnat.conftest import PASSWORDS, PROJECT, md5
 from tests.xnat_emulator import XnatEmulator
@@ -25,17 +26,11 @@ def qc_bids(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     """The XA30 T1w and one DWI series converted with QC, the DWI's ADC derived: (dataset, the
     QC pictures of each series number)."""
     base = tmp_path_factory.mktemp("qc-push")
-    tree = base / "in"
-    for number in (5, 10):
-        (source,) = (corpus / "dcm_qa_xa30" / "In").glob(f"{number}_*")
-        (tree / source.name).mkdir(parents=True)
-        for file in source.iterdir():
-            (tree / source.name / file.name).symlink_to(file)
+    tree = series_tree(corpus / "dcm_qa_xa30", base, [5, 10])
     root = base / "bids"
     results = {r.series_number: r for r in convert_tree(tree, root, qc=True)}
     pictures = {number: set(result.qc) for number, result in results.items()}
-    (dwi_dir,) = (corpus / "dcm_qa_xa30" / "In").glob("10_*")
-    written = {p.name.rsplit("_", 1)[-1]: p for p in derive_adc(dwi_dir, base / "adc")}
+    written = {p.name.rsplit("_", 1)[-1]: p for p in derive_adc(series_dir(corpus / "dcm_qa_xa30", 10), base / "adc")}
     outputs = publish_derivatives(root, results[10].series_uid, "adc", [
         DerivativeImage(written["adc.nii.gz"], "ADC", sidecar={"Units": "um2/s"}),
         DerivativeImage(written["mask.nii.gz"], "dseg", desc="adcmask", table=written["mask.tsv"]),
