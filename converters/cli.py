@@ -1,12 +1,13 @@
 """The ``convert`` subcommand: convert a DICOM folder offline into a BIDS dataset.
 
 ``bidsbridge convert DICOM_DIR BIDS_DIR [--subject S] [--session X] [--report REPORT.json]
-[--subject-template T] [--session-template T] [--pseudonym-key-file KEY | --subject-map TABLE.tsv]``
+[--subject-template T] [--session-template T] [--pseudonym-key-file KEY | --subject-map TABLE.tsv] [--no-qc]``
 
 Prints one line per series (state, series number and description, then outputs or the reason)
 and exits 0 only when every series was converted or skipped with a reason. ``--report`` writes
 the results as a JSON list of :meth:`SeriesResult.to_dict` records. The same files come out as
-when the Orthanc plugin converts those series.
+when the Orthanc plugin converts those series, QC pictures included (``derivatives/bidsbridge-qc/``;
+``--no-qc`` skips them).
 
 While it runs, progress goes to stderr: a bar with the time left on a terminal, else one line
 per finished series (``[3/21] converted #7 func-bold (0:42 elapsed, about 2:10 left)``);
@@ -69,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--no-demographics", action="store_true", help="leave age and sex out of participants.tsv")
     parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write the per-series results as JSON")
+    parser.add_argument("--no-qc", action="store_true",
+                        help="draw no QC pictures (default: derivatives/bidsbridge-qc/, one set per image)")
     parser.add_argument("-j", "--jobs", type=_jobs, default=os.cpu_count() or 1, metavar="N",
                         help="series converted at a time (default: every core, here %(default)s)")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -95,7 +98,8 @@ def _line(result: SeriesResult) -> str:
     what = _what(result)
     notes = "".join(f"           note: {note}\n" for note in result.notes)
     if result.state == "converted":
-        return f"{result.state:<9}  {what}\n" + "".join(f"           -> {path}\n" for path in result.outputs) + notes
+        shown = (*result.outputs, *result.qc)
+        return f"{result.state:<9}  {what}\n" + "".join(f"           -> {path}\n" for path in shown) + notes
     code = f" [{result.reason_code}]" if result.reason_code else ""
     return f"{result.state:<9}  {what}{code}: {result.reason or '(no reason given)'}\n" + notes
 
@@ -137,7 +141,8 @@ def run_convert(args: argparse.Namespace) -> int:
         )
         with ProgressDisplay(sys.stderr, description="converting", unit="series", enabled=not args.quiet) as display:
             results = convert_tree(args.dicom_dir, args.bids_dir, subject=args.subject, session=args.session,
-                                   labels=labels, jobs=args.jobs, progress=partial(_show_progress, display))
+                                   labels=labels, jobs=args.jobs, progress=partial(_show_progress, display),
+                                   qc=not args.no_qc)
     except BidsBridgeError as exc:
         print(f"bidsbridge convert: {exc}", file=sys.stderr)
         return 1

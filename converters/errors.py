@@ -16,6 +16,8 @@ LabelError                 no         a label cannot be made (e.g. a patient mis
 ConversionError            yes        dcm2niix or the environment failed
 Dcm2niixError              yes        dcm2niix exited with an environment error
 DatasetError               yes        the dataset cannot be written (disk, permissions)
+QcError                    no         a QC picture cannot be drawn of an image (never fails
+                                      a conversion: it is recorded)
 =========================  =========  ====================================================
 """
 
@@ -31,6 +33,7 @@ __all__ = [
     "Dcm2niixError",
     "DicomInputError",
     "LabelError",
+    "QcError",
     "UnreadableDataError",
 ]
 
@@ -104,3 +107,8 @@ class DatasetError(BidsBridgeError, OSError):
     """The BIDS dataset cannot be written (permissions, a full disk, corrupt bookkeeping, ...)."""
 
     retryable = True
+
+
+class QcError(BidsBridgeError, ValueError):
+    """A QC picture cannot be drawn of an image (no usable orientation, no voxels, an unknown
+    source). The conversion stands; the reason is recorded with its result."""

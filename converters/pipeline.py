@@ -32,6 +32,7 @@ from converters.conversion import dcm2niix_version, run_dcm2niix
 from converters.discover import discover
 from converters.errors import BidsBridgeError, DatasetError, DicomInputError, LabelError, UnreadableDataError
 from converters.labels import Labels, SubjectLabel, usable_label
+from converters.qc.dataset import series_pictures
 from converters.records import (
     BidsTarget,
     ConvertedImage,
@@ -407,10 +408,13 @@ def convert_tree(
     labels: Labels | None = None,
     jobs: int = 1,
     progress: Callable[[ConvertProgress], None] | None = None,
+    qc: bool = False,
 ) -> list[SeriesResult]:
     """Discover and convert every series under ``input_dir``; one bad series never stops the others.
 
-    ``jobs`` > 1 converts that many series at a time, in worker processes.
+    ``jobs`` > 1 converts that many series at a time, in worker processes. ``qc`` draws the QC
+    pictures of every converted series (:mod:`converters.qc`; listed in each result's ``qc``, a
+    picture that cannot be drawn said in its ``notes``, never a failure).
 
     ``progress`` is called in the calling thread with a :class:`ConvertProgress` once per input
     series, as each finishes (with ``jobs`` > 1, in the order the workers finish; ``done``
@@ -431,7 +435,7 @@ def convert_tree(
     inventory = _discover(source)
     units = regroup(inventory.series)
     convert = partial(_convert_unit, root=root, subject=subject, session=session, overrides=tuple(overrides),
-                      labels=labels or Labels())
+                      labels=labels or Labels(), qc=qc)
     reporter = _Reporter(sum(len(unit.parts) or 1 for unit in units), progress)
     per_unit: list[list[SeriesResult]] = [[] for _unit in units]
     if jobs > 1 and len(units) > 1:
@@ -490,11 +494,13 @@ def _failed(series: DicomSeries, reason: str) -> SeriesResult:
 
 
 def _convert_unit(series: DicomSeries, *, root: Path, subject: str | None, session: str | None,
-                  overrides: Sequence[Override], labels: Labels) -> list[SeriesResult]:
+                  overrides: Sequence[Override], labels: Labels, qc: bool = False) -> list[SeriesResult]:
     """One series (or acquisition) of :func:`convert_tree`, its failure reported, never raised."""
     try:
         result = _convert_discovered(series, root, subject=subject, session=session, overrides=overrides,
                                      rules=DEFAULT_RULES, labels=labels)
+        if qc and result.state == "converted":
+            result = _with_qc(root, result)
     except Exception as exc:  # one bad series must not stop the others
         if not isinstance(exc, BidsBridgeError):
             logger.exception("unexpected error converting %s", _name(series))
@@ -504,9 +510,25 @@ def _convert_unit(series: DicomSeries, *, root: Path, subject: str | None, sessi
     return _per_part(result, series)
 
 
+def _with_qc(root: Path, result: SeriesResult) -> SeriesResult:
+    """``result`` with the QC pictures of its images; what could not be drawn goes to its notes."""
+    from converters.qc.write import write_series_qc  # noqa: PLC0415  (matplotlib: only when asked for)
+
+    try:
+        made = write_series_qc(root, result.acquisition or result.series_uid)
+    except Exception as exc:  # QC never fails a conversion: it is said why there are no pictures
+        if not isinstance(exc, BidsBridgeError):
+            logger.exception("unexpected error drawing the QC pictures of %s", result.series_uid)
+        return replace(result, notes=(*result.notes, f"no QC pictures: {exc}"))
+    return replace(result, qc=made.files, notes=(*result.notes, *made.problems))
+
+
 def _current(root: Path, result: SeriesResult) -> SeriesResult:
-    """``result`` with the files and session its series has now (later series may have moved them)."""
-    manifest = read_manifest(manifest_path(root, result.acquisition or result.series_uid))
+    """``result`` with the files and session its series has now (later series may have moved them,
+    their QC pictures with them)."""
+    uid = result.acquisition or result.series_uid
+    manifest = read_manifest(manifest_path(root, uid))
     if manifest is None:
         return result
-    return replace(result, outputs=manifest.outputs, session=manifest.session)
+    qc = tuple(series_pictures(root, uid)) if result.qc else ()
+    return replace(result, outputs=manifest.outputs, session=manifest.session, qc=qc)

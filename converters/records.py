@@ -235,6 +235,9 @@ class SeriesResult:
     #: (see :mod:`converters.regroup`), and every input series converted with it.
     acquisition: str | None = None
     members: tuple[str, ...] = ()
+    #: QC pictures of the series' images (relative to the dataset root, under
+    #: ``derivatives/bidsbridge-qc/``), when the QC step ran; why any is missing is in ``notes``.
+    qc: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return to_json(self)

@@ -15,7 +15,8 @@ Handler contract (the worker, :mod:`orthanc_plugin.worker`, is the only caller):
 ``convert`` stages, in order: :mod:`.completeness_stage` (an ``early`` job waits until its
 series is complete or stable), :mod:`.routing_stage` (rules), :mod:`.acquisition_stage` (wait
 for the other series of an acquisition exported as several series), forwards, conversion into
-each dataset the rules name (:mod:`converters`), derivations (:mod:`.derive_stage`), pushes.
+each dataset the rules name (:mod:`converters`), derivations (:mod:`.derive_stage`), QC pictures
+(:mod:`converters.qc`; never failing the job: what is missing is said in its result), pushes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import TypeVar
 
 from converters import convert_series, converted_sources, series_outputs
 from converters.errors import BidsBridgeError, ConversionError
+from converters.qc import QcOutcome, series_pictures
+from converters.qc.write import write_derived_qc, write_series_qc  # matplotlib loads with the worker, not in a job
 from converters.records import SeriesResult, SkipCode
 
 from .acquisition_stage import Acquisition, find_acquisition
@@ -53,6 +56,7 @@ from .jobs import (
     ReverseResult,
     SegmentJob,
     SegmentResult,
+    StageOutcome,
     UnchangedResult,
 )
 from .push_stage import push
@@ -139,6 +143,8 @@ def _reverse(ctx: JobContext, info: SeriesInfo) -> Outcome:
     """A SEG or Parametric Map from another tool: NIfTI into the derivatives of its source."""
     files = ctx.client.download_series(ctx.job.series, ctx.dicom_dir, have=ctx.fetched())
     made = reverse_convert(files, Path(ctx.settings.bids_root), wait_for_source=ctx.job.attempts < ctx.job.max_attempts)
+    if made is not None and made.outputs:
+        made = _with_qc(Path(ctx.settings.bids_root), made)
     result = ReverseResult(str(info.tags.get("SeriesInstanceUID", "")), str(info.tags.get("SeriesDescription", "")),
                            made)
     if made is None or not made.outputs:
@@ -254,16 +260,55 @@ def _queue_pushes(ctx: JobContext, decision: Decision, into: DatasetConversion,
     )
 
 
+def _with_qc(root: Path, made: StageOutcome) -> StageOutcome:
+    """A derivation's outcome with the QC pictures of its images (why any is missing in its notes)."""
+    try:
+        drawn = write_derived_qc(root, made.outputs)
+    except Exception as exc:  # QC never fails the job
+        if not isinstance(exc, BidsBridgeError):
+            logger.exception("unexpected error drawing the QC pictures in %s", root)
+        return replace(made, notes=(*made.notes, f"no QC pictures: {exc}"))
+    return replace(made, qc=drawn.files, notes=(*made.notes, *drawn.problems))
+
+
+def _draw_qc(conversions: Mapping[str, DatasetConversion],
+             derived: Mapping[str, DerivationRecord]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """QC pictures of the images converted into every dataset and of the derivations (made in the
+    first); (the pictures of the first dataset, the job's ``dataset_root``; why any is missing).
+    Never raises: a conversion stands without its pictures."""
+    pictures: tuple[str, ...] = ()
+    problems: list[str] = []
+    for index, conversion in enumerate(conversions.values()):
+        root = Path(conversion.dataset_root)
+        made = QcOutcome()
+        try:
+            if conversion.series.state == "converted":
+                made = write_series_qc(root, conversion.series.acquisition or conversion.series.series_uid)
+            if index == 0:
+                made = made + write_derived_qc(root, [o for r in derived.values() if r.made for o in r.made.outputs])
+        except Exception as exc:  # QC never fails a conversion: say why the pictures are missing
+            if not isinstance(exc, BidsBridgeError):
+                logger.exception("unexpected error drawing the QC pictures in %s", root)
+            problems.append(f"no QC pictures in {root}: {exc}")
+            continue
+        problems += made.problems
+        if index == 0:
+            pictures = made.files
+    return pictures, tuple(problems)
+
+
 def _finish_conversion(ctx: JobContext, decision: Decision, conversions: dict[str, DatasetConversion],
                        record: ConvertResult) -> Outcome:
-    """Derivations and pushes after the conversion, and the job's outcome."""
+    """Derivations, QC pictures and pushes after the conversion, and the job's outcome."""
     first = next(iter(conversions.values()))
     derived = _derive_all(ctx, _derivations(decision, ctx.params(ConvertJob)), first)
+    qc, qc_problems = _draw_qc(conversions, derived)
     pushes = _queue_pushes(ctx, decision, first, derived) if first.series.state == "converted" else ()
-    series = first.series
+    series = replace(first.series, qc=qc)
     if series.acquisition is not None:  # this job's own series, filed with the rest of its acquisition
         series = replace(series, series_uid=decision.series_uid, series_number=_number(decision.series_number))
-    result = replace(record, series=series, conversions=conversions, derived=derived, push_jobs=pushes)
+    result = replace(record, series=series, conversions=conversions, derived=derived, push_jobs=pushes, qc=qc,
+                     qc_problems=qc_problems)
     outputs = (*first.series.outputs, *(o for r in derived.values() if r.made for o in r.made.outputs))
     problems = [f"derivation {name!r} not made: {r.error}" for name, r in derived.items() if r.error]
     made = series.state == "converted" or any(r.made for r in derived.values())
@@ -324,9 +369,10 @@ def handle_convert(ctx: JobContext) -> Outcome | Deferred:
         roots = [ctx.datasets()[plan.dataset] for plan in decision.converts]
         if all(converted_sources(root, acquisition.uid) == acquisition.sources for root in roots):
             outputs = tuple(series_outputs(roots[0], acquisition.uid))
-            series = _own_series(decision, outputs=outputs, acquisition=acquisition)
+            qc = tuple(series_pictures(roots[0], acquisition.uid))
+            series = replace(_own_series(decision, outputs=outputs, acquisition=acquisition), qc=qc)
             note = f"{acquisition.describe()} already converted from these instances (by another part's job)"
-            return Outcome("done", replace(record, series=series, note=note), outputs)
+            return Outcome("done", replace(record, series=series, note=note, qc=qc), outputs)
         for member in acquisition.members:
             ctx.client.download_series(member.orthanc_id, ctx.dicom_dir / member.orthanc_id, have=ctx.fetched())
     else:
@@ -346,7 +392,7 @@ def handle_segment(ctx: JobContext) -> Outcome:
     made = segment(Path(params.labelmap), Path(params.labels) if params.labels else None, ctx.dicom_dir,
                    Path(ctx.settings.bids_root), series_uid=series_uid, client=ctx.client,
                    segmentation_type=params.segmentation_type, desc=params.desc)
-    return Outcome("done", SegmentResult(made), made.outputs)
+    return Outcome("done", SegmentResult(_with_qc(Path(ctx.settings.bids_root), made)), made.outputs)
 
 
 def handle_push(ctx: JobContext) -> Outcome:

@@ -156,6 +156,9 @@ class StageOutcome:
     #: Orthanc instance ids of the DICOM objects stored.
     orthanc_instances: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: QC pictures of the images written (``segment`` jobs, SEGs from other tools; a conversion's
+    #: derivations list theirs in :attr:`ConvertResult.qc`).
+    qc: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,6 +219,11 @@ class ConvertResult:
     note: str | None = None
     #: Digest of the Orthanc instances converted (:func:`.completeness_stage.instances_digest`).
     instances_digest: str | None = None
+    #: QC pictures of the converted images and of the derivations' images: paths relative to
+    #: :attr:`dataset_root`, each a PNG under ``derivatives/bidsbridge-qc/`` (:mod:`converters.qc`).
+    qc: tuple[str, ...] = ()
+    #: Why a picture is missing (QC never fails a conversion).
+    qc_problems: tuple[str, ...] = ()
 
     @property
     def dataset_root(self) -> str | None:
@@ -247,6 +255,9 @@ class ConvertResult:
             record["note"] = self.note
         if self.instances_digest is not None:
             record["instances_digest"] = self.instances_digest
+        record["qc"] = list(self.qc)
+        if self.qc_problems:
+            record["qc_problems"] = list(self.qc_problems)
         return record
 
     @classmethod
@@ -259,7 +270,9 @@ class ConvertResult:
         }
         digest = record.get("instances_digest")
         return cls(series=_series_from_json(record), decision=decision, conversions=conversions,
-                   note=record.get("note"), instances_digest=None if digest is None else str(digest))
+                   note=record.get("note"), instances_digest=None if digest is None else str(digest),
+                   qc=tuple(str(p) for p in record.get("qc") or ()),
+                   qc_problems=tuple(str(p) for p in record.get("qc_problems") or ()))
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ short-lived alias token) in the environment. The entrypoint:
 
 1. looks up the subject's label (the Container Service passes the subject's ID) and converts every
    DICOM series under ``/input`` with :func:`converters.convert_tree` into the BIDS dataset
-   ``/output/bids`` (BIDS subject/session labels from the XNAT labels, sanitized);
+   ``/output/bids`` (BIDS subject/session labels from the XNAT labels, sanitized), with the QC
+   pictures of every image (``derivatives/bidsbridge-qc/``);
 2. delivers each converted session back into the XNAT session it came from with
-   :func:`xnat_container.push.push_session` (NIFTI and BIDS resources per scan, session BIDS
+   :func:`xnat_container.push.push_session` (NIFTI, BIDS and QC resources per scan, session BIDS
    resource; idempotent and verified), unless ``--no-push``;
 3. writes ``/output/reports/conversion.json`` and ``delivery.json``.
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             logger.error("cannot read subject %s of project %s: %s", args.subject, args.project, exc)
             return 1
     try:
-        results = convert_tree(args.input, bids, subject=subject, session=args.session)
+        results = convert_tree(args.input, bids, subject=subject, session=args.session, qc=True)
     except BidsBridgeError as exc:
         logger.error("conversion failed: %s", exc)
         _write(reports / "conversion.json", {"error": str(exc)})

@@ -10,7 +10,9 @@ launched from XNAT expect):
 * one scan per converted series: ID = SeriesNumber, ``type`` and ``series_description`` = the
   SeriesDescription, scan ``xsiType`` by modality; resource ``NIFTI`` holds the series' files
   (``.nii.gz``, ``.json``, ``.bval``, ``.bvec`` and companions such as ``_aslcontext.tsv``) and
-  resource ``BIDS`` its JSON sidecars, all under their BIDS file names;
+  resource ``BIDS`` its JSON sidecars, all under their BIDS file names; resource ``QC`` the QC
+  pictures of its images and of their derivations (``derivatives/bidsbridge-qc/``, PNG,
+  :mod:`converters.qc`), when it has any;
 * a session resource ``BIDS`` with the session's BIDS tree (paths from the dataset root,
   ``sub-S/ses-X/anat/...``) and ``dataset_description.json``;
 * derived DICOM objects (SEG, Parametric Map, SR) as scans of their own, ID = their
@@ -33,9 +35,11 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from converters.bids.derivatives import derived_outputs
 from converters.bids.manifests import SeriesManifest, read_manifests
 from converters.derived import SEGMENTATION_SOP_CLASSES
 from converters.errors import DatasetError
+from converters.qc import file_pictures, series_pictures
 from xnat_container.destinations import DEFAULT_SESSION_LABEL, DEFAULT_SUBJECT_LABEL
 from xnat_container.errors import XnatLabelError, XnatRequestError
 from xnat_container.labels import sanitize_xnat_label
@@ -43,6 +47,7 @@ from xnat_container.labels import sanitize_xnat_label
 __all__ = [
     "DERIVED_RESOURCE",
     "NIFTI_RESOURCE",
+    "QC_RESOURCE",
     "SESSION_RESOURCE",
     "SIDECAR_RESOURCE",
     "ResourcePlan",
@@ -61,6 +66,7 @@ NIFTI_RESOURCE = "NIFTI"
 SIDECAR_RESOURCE = "BIDS"
 SESSION_RESOURCE = "BIDS"
 DERIVED_RESOURCE = "DICOM"
+QC_RESOURCE = "QC"
 
 _SESSION_TYPES = {"MR": "xnat:mrSessionData", "PT": "xnat:petSessionData", "CT": "xnat:ctSessionData"}
 _SCAN_TYPES = {
@@ -274,6 +280,16 @@ def _chosen_outputs(
     return {uid: tuple(outputs) for uid, outputs in series_outputs.items() if outputs}
 
 
+def _qc_pictures(root: Path, series_uid: str) -> tuple[UploadFile, ...]:
+    """The QC pictures of a series' images and of the images derived from it, by file name."""
+    try:
+        derived = derived_outputs(root, series_uid)
+    except DatasetError as exc:
+        raise XnatRequestError(str(exc)) from exc
+    found = series_pictures(root, series_uid) + file_pictures(root, derived)
+    return tuple(UploadFile(root / name, Path(name).name) for name in sorted(set(found)))
+
+
 def _series_scan(root: Path, manifest: SeriesManifest, outputs: Sequence[str], scan_id: str) -> ScanPlan:
     """The scan of one converted series: its files in ``NIFTI``, its JSON sidecars also in ``BIDS``."""
     missing = [name for name in outputs if not (root / name).is_file()]
@@ -287,6 +303,9 @@ def _series_scan(root: Path, manifest: SeriesManifest, outputs: Sequence[str], s
     resources = [ResourcePlan(NIFTI_RESOURCE, "NIFTI", nifti)]
     if sidecars:
         resources.append(ResourcePlan(SIDECAR_RESOURCE, "BIDS", sidecars))
+    pictures = _qc_pictures(root, manifest.series_uid)
+    if pictures:
+        resources.append(ResourcePlan(QC_RESOURCE, "PNG", pictures))
     return ScanPlan(
         scan_id=scan_id,
         xsi_type=scan_xsi_type(modality),

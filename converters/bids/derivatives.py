@@ -8,7 +8,8 @@ JSON sidecar whose ``Sources`` names the raw file (BIDS URI). The derivatives da
 
 Publishing is atomic per file (temp + rename) under the raw dataset's lock, and each
 (source series, derivation) owns its files through a small manifest in
-``<dataset>/.bidsbridge/derived/``: deriving again replaces them, never duplicates.
+``<dataset>/.bidsbridge/derived/``: deriving again replaces them, never duplicates (their QC
+pictures are removed: :func:`converters.qc.dataset.follow_files`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from converters.bids.dataset import BIDS_VERSION
 from converters.bids.manifests import dataset_lock, series_outputs
 from converters.bids.naming import sanitize_label
 from converters.errors import DatasetError
+from converters.qc.dataset import follow_files
 
-__all__ = ["DERIVATIVES_NAME", "DerivativeImage", "derivatives_root", "publish_derivatives"]
+__all__ = ["DERIVATIVES_NAME", "DerivativeImage", "derivatives_root", "derived_outputs", "publish_derivatives"]
 
 DERIVATIVES_NAME = "bidsbridge"
 
@@ -93,6 +95,20 @@ def _manifest(dataset_root: Path, key: str) -> Path:
     return Path(dataset_root) / ".bidsbridge" / "derived" / f"{digest}.json"
 
 
+def derived_outputs(dataset_root: Path, source_series_uid: str) -> list[str]:
+    """Every file derived from the series (relative to the dataset root, sorted)."""
+    folder = Path(dataset_root) / ".bidsbridge" / "derived"
+    found: set[str] = set()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"corrupt derivatives manifest {path} ({exc}); derive that series again") from exc
+        if record.get("series_uid") == source_series_uid:
+            found.update(str(p) for p in record.get("outputs", []))
+    return sorted(found)
+
+
 def publish_derivatives(
     dataset_root: Path,
     source_series_uid: str,
@@ -137,6 +153,7 @@ def publish_derivatives(
                 (dataset_root / stale).unlink(missing_ok=True)
             write_bytes_atomic(manifest, _dump({"series_uid": source_series_uid, "derivation": derivation,
                                            "outputs": relative}))
+            follow_files(dataset_root, sorted(set(previous) | set(relative)))  # their QC pictures are stale now
     except OSError as exc:
         raise DatasetError(f"cannot write derivatives under {root}: {exc}") from exc
     return relative

@@ -5,7 +5,8 @@ next to other processes doing the same.
 (:mod:`.session_labels`; moving a study whose label changed), lays its session out again
 (:func:`converters.bids.session.layout`: runs, ``acq``, field-map links), claims the new names in
 the manifests before renaming anything, moves the files in, and then refreshes the dataset
-tables (:mod:`.tables`).
+tables (:mod:`.tables`); the QC pictures of every series whose files changed follow them
+(:func:`converters.qc.dataset.follow_series`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from converters.bids.session import LINK_KEYS, ImageRecord, Slot, layout, links
 from converters.bids.session_labels import StudyKey, _study_keys, resolve_sessions
 from converters.bids.tables import _ensure_dataset_files, _refresh_participants, _refresh_scans
 from converters.errors import DatasetError
+from converters.qc.dataset import follow_series
 from converters.records import BidsTarget, DicomSeries
 
 __all__ = ["PublishRequest", "Published", "StagedImage", "publish"]
@@ -249,12 +251,18 @@ def _move_study(
     return touched
 
 
+def _outputs(manifests: Mapping[str, SeriesManifest], series_uid: str) -> tuple[str, ...] | None:
+    manifest = manifests.get(series_uid)
+    return None if manifest is None else manifest.outputs
+
+
 def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Published:
     """Publish one series under the dataset lock; see the module docstring."""
     uid = request.series.series_uid
     try:
         with dataset_lock(root):
             manifests = read_manifests(root)
+            before = {m.series_uid: m.outputs for m in manifests.values()}
             touched: set[tuple[str, str | None]] = set()
             for member in request.members:
                 superseded = manifests.get(member) if member != uid else None
@@ -355,6 +363,10 @@ def publish(root: Path, request: PublishRequest, *, dcm2niix_version: str) -> Pu
                 _refresh_scans(root, subject, touched_session, manifests)
             _refresh_participants(root, manifests)
             _ensure_dataset_files(root, dcm2niix_version)
+            # QC pictures follow their images: renamed with them, removed with them (and with
+            # this series' replaced files: the QC step draws them again).
+            changed = {u for u in before.keys() | manifests.keys() if before.get(u) != _outputs(manifests, u)}
+            follow_series(root, {u: _outputs(manifests, u) for u in sorted(changed | {uid})})
             sweep_staging(root)
     except OSError as exc:
         if isinstance(exc, DatasetError):

@@ -27,6 +27,17 @@ def series_dir(xa30: Path, number: int) -> Path:
     return found
 
 
+def series_tree(xa30: Path, folder: Path, numbers: list[int]) -> Path:
+    """A folder ``folder/in`` of links to the files of some XA30 series (``In/<number>_*``)."""
+    tree = folder / "in"
+    for number in numbers:
+        source = series_dir(xa30, number)
+        (tree / source.name).mkdir(parents=True)
+        for file in source.iterdir():
+            (tree / source.name / file.name).symlink_to(file)
+    return tree
+
+
 def make_series(**changes: object) -> DicomSeries:
     """A synthetic MR series record for classifier tests; ``changes`` replace its header facts."""
     fields: dict[str, object] = {

@@ -431,6 +431,9 @@ def _files(root: Path) -> dict[str, str]:
         relative = path.relative_to(root).as_posix()
         if not path.is_file() or relative.startswith(".bidsbridge/") or path.name.startswith(".campaign"):
             continue
+        if relative.startswith("derivatives/bidsbridge-qc/"):  # QC pictures are best effort: a fault may
+            continue  # cost some (drawn again at the next conversion); tests/converters/test_qc.py checks them
+
         data = path.read_bytes()
         if path.name.endswith(".gz"):
             data = gzip.decompress(data)

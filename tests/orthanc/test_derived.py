@@ -89,6 +89,12 @@ def test_adc_parametric_map_seg_and_sr_are_stored_in_the_study(
     assert len(adc_maps) == 1 and len(masks) == 1
     assert masks[0].with_name(masks[0].name.replace(".nii.gz", ".tsv")).exists()
     assert (bids / "derivatives" / "bidsbridge" / "dataset_description.json").exists()
+    # QC pictures of the series and of its derivations, listed in the job's result.
+    pictures = derived["result"]["qc"]
+    assert any(p.endswith("_dir-PA_desc-map_ADC.png") for p in pictures), pictures
+    assert any(p.endswith("_dir-PA_desc-adcmaskOutline_dseg.png") for p in pictures), pictures
+    assert any(p.endswith("_dir-PA_desc-ortho_dwi.png") for p in pictures), pictures
+    assert all((bids / p).read_bytes().startswith(b"\x89PNG") for p in pictures)
 
     # The derived series arrive in Orthanc too: ours are recognised (no loop, nothing failed).
     harness.wait_for(lambda: len(harness.latest_jobs()) == 4
@@ -107,6 +113,8 @@ def test_adc_parametric_map_seg_and_sr_are_stored_in_the_study(
     assert segmented["state"] == "done", segmented
     user_seg = list(bids.glob("derivatives/bidsbridge/sub-*/ses-*/dwi/*_desc-brain_dseg.nii.gz"))
     assert len(user_seg) == 1
+    (outline,) = segmented["result"]["segmentation"]["qc"]
+    assert outline.endswith("_desc-brainOutline_dseg.png") and (bids / outline).is_file()
     assert np.array_equal(np.asanyarray(nib.load(user_seg[0]).dataobj) > 0, np.asanyarray(nib.load(mask).dataobj) > 0)
     instance = segmented["result"]["segmentation"]["orthanc_instances"][0]
     assert _dicom(harness, instance).SegmentSequence[0].SegmentLabel == "brain tissue"

@@ -23,7 +23,8 @@ from orthanc_plugin.cli import build_parser
 #: Third-party packages that take tens to hundreds of milliseconds to import (numpy, pydicom and
 #: nibabel most of all); the converters, the derivations, the rules engine and the XNAT delivery
 #: pull them in, the parser must not.
-HEAVY = ("highdicom", "nibabel", "numpy", "pydicom", "pynetdicom", "requests", "urllib3", "xnat", "yaml")
+HEAVY = ("PIL", "highdicom", "matplotlib", "nibabel", "numpy", "pydicom", "pynetdicom", "requests", "urllib3", "xnat",
+         "yaml")
 
 #: The checkout the test imports; the child interpreter must import the same one.
 ROOT = Path(orthanc_plugin.__file__).resolve().parents[1]

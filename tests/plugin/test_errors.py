@@ -29,6 +29,7 @@ from converters.errors import (
     Dcm2niixError,
     DicomInputError,
     LabelError,
+    QcError,
     UnreadableDataError,
 )
 from orthanc_plugin.config import ConfigError
@@ -56,6 +57,7 @@ RETRY_DECISIONS: list[tuple[type[BidsBridgeError], bool, str]] = [
     (ConversionError, True, "dcm2niix or its environment failed"),
     (Dcm2niixError, True, "an environment exit code of dcm2niix"),
     (DatasetError, True, "disk full, permissions: may be fixed meanwhile"),
+    (QcError, False, "an image no QC picture can be drawn of (recorded, never failing a job)"),
     (DerivedInputError, False, "the series does not allow the derivation"),
     (MissingB0Error, False, "no b = 0 volume"),
     (DiffusionInfoError, False, "no b-values for some frames"),

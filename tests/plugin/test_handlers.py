@@ -120,3 +120,36 @@ def test_a_dcm2niix_failure_names_orthanc_not_the_scratch_copy_and_stays_retryab
         run(handle_convert, plant.claim(series_id))
     assert raised.value.retryable and "Orthanc series" in str(raised.value)
     assert "/dicom" not in str(raised.value)
+
+
+def test_a_conversion_lists_its_qc_pictures(plant: Plant, run: Run, corpus: Path) -> None:
+    (series_id,) = plant.orthanc.add_folder(_series(corpus, "dcm_qa_xa30", "5_"))
+    outcome = run(handle_convert, plant.claim(series_id))
+    assert isinstance(outcome, Outcome) and outcome.state == "done"
+    result = outcome.result
+    assert isinstance(result, ConvertResult)
+    stem = "derivatives/bidsbridge-qc/sub-12343hucheng/ses-20220711/anat/sub-12343hucheng_ses-20220711_acq-tfl"
+    assert result.qc == (f"{stem}_desc-mosaic_T1w.png", f"{stem}_desc-ortho_T1w.png")
+    assert result.qc_problems == ()
+    for picture in result.qc:
+        assert (plant.root / picture).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    stored = result.to_json()
+    assert stored["qc"] == list(result.qc) and stored["dataset_root"] == str(plant.root)
+    assert ConvertResult.from_json(stored).qc == result.qc
+    assert not any(p.endswith(".png") for p in outcome.outputs)  # the job's files stay the image's
+
+
+def test_a_qc_failure_is_recorded_and_the_conversion_stands(
+    plant: Plant, run: Run, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("matplotlib exploded")
+
+    monkeypatch.setattr(handlers, "write_series_qc", broken)
+    (series_id,) = plant.orthanc.add_folder(_series(corpus, "dcm_qa_xa30", "5_"))
+    outcome = run(handle_convert, plant.claim(series_id))
+    assert isinstance(outcome, Outcome) and outcome.state == "done" and outcome.reason is None
+    assert isinstance(outcome.result, ConvertResult) and outcome.result.series.state == "converted"
+    assert outcome.result.qc == ()
+    assert len(outcome.result.qc_problems) == 1 and "matplotlib exploded" in outcome.result.qc_problems[0]
+    assert outcome.result.to_json()["qc_problems"] == list(outcome.result.qc_problems)

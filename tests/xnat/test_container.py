@@ -109,6 +109,8 @@ def test_entrypoint_converts_and_delivers_into_the_session(
     assert [s.label for s in inventory.subjects] == ["SUBJ01"]
     files = {(f.scan, f.resource, f.path) for f in inventory.files}
     assert ("5", "DICOM", "placeholder.dcm") in files  # XNAT's own resource is left alone
+    assert {p for s, r, p in files if s == "5" and r == "QC"} == {  # the QC pictures drawn in the container
+        "sub-SUBJ01_ses-SUBJ01MR1_acq-tfl_desc-mosaic_T1w.png", "sub-SUBJ01_ses-SUBJ01MR1_acq-tfl_desc-ortho_T1w.png"}
     nifti = {(scan, path) for scan, resource, path in files if resource == "NIFTI"}
     assert ("5", "sub-SUBJ01_ses-SUBJ01MR1_acq-tfl_T1w.nii.gz") in nifti
     assert any(r == "BIDS" and s is None and p == "dataset_description.json" for s, r, p in files)
