@@ -11,7 +11,7 @@ series and parameters), so a series whose headers prove nothing is converted at
 ``StableAge`` as before.
 
 A ``STABLE_SERIES`` after an early conversion queues a ``stable`` job; it converts again only
-when the instances changed since (:func:`unchanged_since_early`): an instance that arrived after
+when the instances changed since the last conversion (:func:`unchanged_since_last`): an instance that arrived after
 the early conversion replaces its file set, never adds a second one.
 """
 
@@ -31,7 +31,7 @@ from .job_queue import JobQueue
 from .jobs import Job
 from .rest_client import OrthancApi
 
-__all__ = ["EARLY_POLL_SECONDS", "Completeness", "instances_digest", "look", "unchanged_since_early"]
+__all__ = ["EARLY_POLL_SECONDS", "Completeness", "instances_digest", "look", "unchanged_since_last"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,16 +108,17 @@ def look(client: OrthancApi, series_id: str, folder: Path) -> Completeness:
     return Completeness(instances, False, _expectation(client, series_id, instances[0], folder))
 
 
-def unchanged_since_early(queue: JobQueue, job: Job, instances: Iterable[str]) -> Job | None:
-    """For a ``stable`` job: the early conversion of its series, when that was the series' last
-    conversion and was made from exactly ``instances``; else None (convert again). Other
-    triggers (by hand, catch-up, rules) always convert."""
+def unchanged_since_last(queue: JobQueue, job: Job, instances: Iterable[str]) -> Job | None:
+    """For a ``stable`` job: the series' last conversion (early, by hand, ...), when it was done
+    from exactly ``instances``; else None (convert again). ``STABLE_SERIES`` then says nothing
+    new (it follows an early conversion, or one by hand while the series was settling). Other
+    triggers (by hand, catch-up) always convert."""
     if job.trigger != "stable":
         return None
     for previous in queue.list(series=job.series, limit=50):  # newest first
         if previous.id == job.id or previous.kind != "convert" or previous.state == "queued":
             continue
-        if previous.trigger != "early" or previous.state != "done":
+        if previous.state != "done":
             return None
         digest = (previous.result or {}).get("instances_digest")
         return previous if digest == instances_digest(instances) else None

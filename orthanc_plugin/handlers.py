@@ -38,7 +38,7 @@ from converters.qc.write import write_derived_qc, write_series_qc  # matplotlib 
 from converters.records import SeriesResult, SkipCode
 
 from .acquisition_stage import Acquisition, find_acquisition
-from .completeness_stage import EARLY_POLL_SECONDS, instances_digest, look, unchanged_since_early
+from .completeness_stage import EARLY_POLL_SECONDS, instances_digest, look, unchanged_since_last
 from .derivations import DERIVATION_NAMES, DerivationName
 from .derive_stage import FOREIGN_DERIVED_CLASSES, derive, reverse_convert, segment, sop_class_of
 from .job_queue import JobQueue
@@ -329,11 +329,11 @@ def _early_wait(ctx: JobContext) -> Deferred | None:
 
 
 def _already_converted_early(ctx: JobContext, info: SeriesInfo) -> Outcome | None:
-    """A stable job after an early conversion made from these very instances has nothing to do."""
-    previous = unchanged_since_early(ctx.queue, ctx.job, info.instances)
+    """A stable job after a conversion made from these very instances has nothing to do."""
+    previous = unchanged_since_last(ctx.queue, ctx.job, info.instances)
     if previous is None or previous.result is None:
         return None
-    note = f"already converted from these {info.instance_count} instance(s) by job {previous.id}, before StableAge"
+    note = f"already converted from these {info.instance_count} instance(s) by job {previous.id}"
     return Outcome("done", UnchangedResult(previous.result, note), previous.outputs, previous.error)
 
 

@@ -114,3 +114,17 @@ def test_a_conversion_by_hand_after_an_early_one_always_converts(plant: Plant, r
     by_hand = run(handle_convert, plant.claim(series_id, trigger="manual"))
     assert isinstance(by_hand, Outcome) and isinstance(by_hand.result, ConvertResult)
     assert by_hand.result.note is None and plant.orthanc.downloads == [series_id, series_id]
+
+
+def test_stable_series_after_a_conversion_by_hand_of_the_same_instances_converts_nothing(
+    plant: Plant, run: Run, corpus: Path
+) -> None:
+    (folder,) = (corpus / "dcm_qa_xa30" / "In").glob("5_*")
+    (series_id,) = plant.orthanc.add_folder(folder)
+    _finish(plant, run(handle_convert, plant.claim(series_id, trigger="manual")))
+    stable = run(handle_convert, plant.claim(series_id))
+    assert isinstance(stable, Outcome) and isinstance(stable.result, UnchangedResult)
+    assert plant.orthanc.downloads == [series_id]
+    _finish(plant, stable)
+    again = run(handle_convert, plant.claim(series_id, trigger="catch-up"))
+    assert isinstance(again, Outcome) and isinstance(again.result, ConvertResult)  # other triggers convert
