@@ -9,21 +9,11 @@ from pathlib import Path
 import pytest
 
 from converters.cli import main, register
-from tests.converters.helpers import series_dir
-
-
-def _tree(xa30: Path, tmp_path: Path, numbers: list[int]) -> Path:
-    tree = tmp_path / "in"
-    for number in numbers:
-        source = series_dir(xa30, number)
-        (tree / source.name).mkdir(parents=True)
-        for file in source.iterdir():
-            (tree / source.name / file.name).symlink_to(file)
-    return tree
+from tests.converters.helpers import series_tree
 
 
 def test_convert_prints_and_reports(xa30: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tree = _tree(xa30, tmp_path, [5, 99])
+    tree = series_tree(xa30, tmp_path, [5, 99])
     report = tmp_path / "out" / "report.json"
     code = main(
         ["convert", str(tree), str(tmp_path / "bids"), "--subject", "S1", "--session", "A", "--report", str(report)]
@@ -45,7 +35,7 @@ def test_convert_prints_and_reports(xa30: Path, tmp_path: Path, capsys: pytest.C
 
 
 def test_convert_fails_when_a_series_fails(xa30: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tree = _tree(xa30, tmp_path, [5])
+    tree = series_tree(xa30, tmp_path, [5])
     (tree / "5_anat-T1w_acq-tfl" / "IM_0002").write_bytes(b"\0" * 512)
     assert main(["convert", str(tree), str(tmp_path / "bids")]) == 1
     printed = capsys.readouterr().out
@@ -75,7 +65,7 @@ def test_register_adds_the_subcommand_with_a_handler() -> None:
 
 
 def test_convert_with_a_subject_map_and_without_demographics(xa30: Path, tmp_path: Path) -> None:
-    tree = _tree(xa30, tmp_path, [5])
+    tree = series_tree(xa30, tmp_path, [5])
     table = tmp_path / "map.tsv"
     table.write_text("12343@hucheng\tP001\n")
     bids = tmp_path / "bids"
