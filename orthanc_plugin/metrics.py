@@ -39,7 +39,6 @@ Standard library only: this module runs inside Orthanc's interpreter.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,6 +46,7 @@ from typing import Protocol, get_args
 
 from .job_queue import AttemptEnd, JobEvent, JobQueue, QueueCount
 from .jobs import JOB_STATES, JobKind
+from .periodic import Periodic
 
 __all__ = ["BUCKETS", "TIMED", "Durations", "EndCount", "MetricsCollector", "MetricsPublisher", "MetricsSnapshot",
            "Sample"]
@@ -195,8 +195,7 @@ class MetricsPublisher:
         self.interval = interval
         self._workers = workers
         self._publish = publish
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("bidsbridge-metrics", self.publish_once, interval, at_start=True)
         self._last_error = ""
 
     def publish_once(self) -> MetricsSnapshot | None:
@@ -215,19 +214,7 @@ class MetricsPublisher:
         return snapshot
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="bidsbridge-metrics", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval + 5)
-            self._thread = None
-
-    def _run(self) -> None:
-        self.publish_once()
-        while not self._stop.wait(self.interval):
-            self.publish_once()
+        self._periodic.stop()

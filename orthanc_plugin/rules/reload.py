@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..periodic import Periodic
 from .check import CheckContext, load_default_rules, parse_rules
 from .errors import Diagnostic, RulesError
 from .loader import MAX_FILE_BYTES
@@ -90,8 +91,7 @@ class RulesHolder:
         self.context = context or CheckContext()
         self.interval = interval
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("bidsbridge-rules-reload", self.poll, interval)
         self._signature: _Signature | None = None
         self._error: tuple[str, float, tuple[Diagnostic, ...]] | None = None
         if self.path is None:
@@ -190,18 +190,8 @@ class RulesHolder:
 
     def start(self) -> None:
         """Poll in a daemon thread every ``interval`` seconds (no-op without a path)."""
-        if self.path is None or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="bidsbridge-rules-reload", daemon=True)
-        self._thread.start()
+        if self.path is not None:
+            self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval + 5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
+        self._periodic.stop()
